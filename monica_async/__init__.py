@@ -1,0 +1,1 @@
+"""monica-async: an asyncio client for the Monica Open API Upscale endpoint."""

@@ -1,0 +1,229 @@
+"""Every error monica-async raises, under one base class.
+
+The tree::
+
+    MonicaError
+    ├── InvalidRequestError            (also a ValueError; raised before any request)
+    ├── RateLimiterUnavailableError    (a shared limiter's store could not be reached)
+    └── APIError
+        ├── APIConnectionError
+        │   └── APITimeoutError
+        ├── APIResponseValidationError (a 200 whose body breaks the contract)
+        └── APIStatusError             (any answer that is not 200)
+            ├── BadRequestError            400
+            ├── AuthenticationError        401
+            ├── PermissionDeniedError      403
+            ├── NotFoundError              404
+            ├── ConflictError              409
+            ├── UnprocessableEntityError   422
+            ├── RateLimitError             429
+            └── InternalServerError        >= 500
+
+Messages never contain the API key.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "MonicaError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RateLimiterUnavailableError",
+    "UnprocessableEntityError",
+]
+
+BODY_EXCERPT_LIMIT = 500
+
+
+def excerpt(text: str, limit: int = BODY_EXCERPT_LIMIT) -> str:
+    """Shorten *text* to *limit* characters for messages and attributes."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+class MonicaError(Exception):
+    """Base class of every error raised by monica-async."""
+
+
+class InvalidRequestError(MonicaError, ValueError):
+    """An argument is invalid; raised before any byte is sent."""
+
+
+class RateLimiterUnavailableError(MonicaError):
+    """A shared rate limiter could not reach its store, so no request was sent."""
+
+
+class APIError(MonicaError):
+    """A request was attempted and did not produce a valid result.
+
+    Attributes:
+        message: What went wrong, for people.
+        method: HTTP method of the failed request.
+        url: URL of the failed request (never contains credentials).
+        attempts: How many attempts were made, retries included.
+        request_id: The server's request id, when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "POST",
+        url: str = "",
+        attempts: int = 1,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.attempts = attempts
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        extras = []
+        if self.request_id:
+            extras.append(f"request_id={self.request_id}")
+        if self.attempts > 1:
+            extras.append(f"after {self.attempts} attempts")
+        if not extras:
+            return self.message
+        return f"{self.message} ({', '.join(extras)})"
+
+
+class APIConnectionError(APIError):
+    """The server could not be reached, or the connection broke."""
+
+
+class APITimeoutError(APIConnectionError):
+    """An attempt took longer than its timeout."""
+
+
+class APIResponseValidationError(APIError):
+    """The server answered 200 with a body that does not match the contract.
+
+    Attributes:
+        status: The HTTP status (200).
+        body: An excerpt of the body.
+    """
+
+    def __init__(self, message: str, *, status: int = 200, body: str = "", **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.status = status
+        self.body = excerpt(body)
+
+
+class APIStatusError(APIError):
+    """The server answered with a status other than 200.
+
+    Attributes:
+        status: The HTTP status code.
+        code: The ``error.code`` of the body, when the body has one.
+        body: An excerpt of the body as received.
+        retry_after: Seconds the server asked to wait (``Retry-After``), if any.
+    """
+
+    status_code: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.status = status
+        self.code = code
+        self.body = excerpt(body)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        base = f"HTTP {self.status}{code}: {super().__str__()}"
+        return base
+
+
+class BadRequestError(APIStatusError):
+    """400: the server rejected the request."""
+
+    status_code = 400
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or wrong."""
+
+    status_code = 401
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the API key may not use this endpoint."""
+
+    status_code = 403
+
+
+class NotFoundError(APIStatusError):
+    """404: the endpoint (or the image) was not found."""
+
+    status_code = 404
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with another one (retried)."""
+
+    status_code = 409
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was well formed but could not be processed."""
+
+    status_code = 422
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests for this key; ``retry_after`` says how long to wait."""
+
+    status_code = 429
+
+
+class InternalServerError(APIStatusError):
+    """A 5xx answer: the server failed."""
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    cls.status_code: cls
+    for cls in (
+        BadRequestError,
+        AuthenticationError,
+        PermissionDeniedError,
+        NotFoundError,
+        ConflictError,
+        UnprocessableEntityError,
+        RateLimitError,
+    )
+    if cls.status_code is not None
+}
+
+
+def status_error_class(status: int) -> type[APIStatusError]:
+    """Return the most specific error class for an HTTP *status*."""
+    if status >= 500:
+        return InternalServerError
+    return _BY_STATUS.get(status, APIStatusError)

@@ -1,0 +1,335 @@
+"""Client-side rate limiters: the interface and the in-process implementations.
+
+Every attempt the client makes, retries included, first awaits
+:meth:`RateLimiter.acquire`, because the server counts attempts. A 429 from the
+server reaches the limiter through :meth:`RateLimiter.on_rate_limited`, which
+pauses everyone sharing the limiter instead of letting each caller rediscover the
+limit on its own.
+
+The in-process limiters take no locks: asyncio runs one coroutine at a time, so a
+caller computes and books its start time without awaiting, then sleeps until it.
+Booking ahead keeps callers in first-come order and lets one limiter be shared by
+several clients (even on several event loops) in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import random
+import time
+from collections import deque
+from typing import Final, Protocol, runtime_checkable
+
+import attrs
+
+from ._exceptions import InvalidRequestError
+
+__all__ = ["AdaptiveRateLimit", "RateLimit", "RateLimiter"]
+
+#: Pause after a 429 without ``Retry-After``; doubled on each 429 in a row.
+DEFAULT_PAUSE: Final = 1.0
+MAX_PAUSE: Final = 60.0
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What :class:`~monica_async.MonicaClient` needs from a rate limiter.
+
+    Implement it to plug in another limiter; :class:`RateLimit`,
+    :class:`AdaptiveRateLimit` and :class:`~monica_async.RedisRateLimit` do.
+    """
+
+    async def acquire(self) -> float:
+        """Wait until one more attempt may start; return the seconds waited."""
+        ...
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Pause every caller after a 429.
+
+        Args:
+            retry_after: Seconds the server asked to wait, when it said.
+            started: ``time.monotonic()`` when the rejected attempt was let through.
+
+        Returns:
+            The pause, in seconds from now.
+        """
+        ...
+
+    async def on_success(self, started: float) -> None:
+        """Report that an attempt let through at *started* was accepted."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections); it may not be used again."""
+        ...
+
+
+@attrs.define(eq=False)
+class _Pause:
+    """The shared "not before" time every limiter honours after a 429."""
+
+    not_before: float = 0.0
+    epoch: int = 0
+    streak: int = 0
+    _last_success: float = 0.0
+
+    def extend(self, retry_after: float | None, now: float) -> float:
+        """Move the pause to at least *retry_after* (or a growing default) from now."""
+        if retry_after is None:
+            pause = min(DEFAULT_PAUSE * 2 ** min(self.streak, 16), MAX_PAUSE)
+        else:
+            pause = max(0.0, retry_after)
+        self.streak += 1
+        # A little positive jitter so that the callers of several limiters (or processes)
+        # who heard the same Retry-After do not all come back in the same millisecond.
+        until = now + pause + random.uniform(0.0, min(0.1 * pause, 0.25))
+        if until > self.not_before:
+            self.not_before = until
+            self.epoch += 1
+        return self.not_before - now
+
+    def clear_streak(self) -> None:
+        self.streak = 0
+
+
+class _Booking:
+    """Shared acquire loop: book a start time, sleep until it, re-book after a pause."""
+
+    _pause: _Pause
+
+    def _book(self, now: float) -> float:
+        raise NotImplementedError
+
+    def _cancel(self, slot: float) -> None:
+        raise NotImplementedError
+
+    async def acquire(self) -> float:
+        """Wait until one more attempt may start; return the seconds waited."""
+        began = time.monotonic()
+        while True:
+            epoch = self._pause.epoch
+            now = time.monotonic()
+            slot = self._book(now)
+            if slot > now:
+                try:
+                    await asyncio.sleep(slot - now)
+                except BaseException:
+                    self._cancel(slot)
+                    raise
+            if self._pause.epoch == epoch or time.monotonic() >= self._pause.not_before:
+                return time.monotonic() - began
+            # A 429 paused everyone while we slept: give the slot back and queue behind it.
+            self._cancel(slot)
+
+    async def on_success(self, started: float) -> None:
+        """Report that an attempt was accepted (ends a run of 429s)."""
+        self._pause.clear_streak()
+
+    async def aclose(self) -> None:
+        """Nothing to release for an in-process limiter."""
+
+
+def _check_positive(name: str, value: object, *, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:  # type: ignore[operator]
+        what = "a positive integer" if integer else "a positive number"
+        raise InvalidRequestError(f"{name} must be {what}, got {value!r}")
+
+
+@attrs.define(eq=False, repr=False)
+class RateLimit(_Booking):
+    """A strict limit: at most *requests* attempts start in any *per* seconds.
+
+    Two rules hold together. A sliding log of recent start times guarantees the
+    window: an attempt starts only once the *requests*-th latest start is at least
+    ``per + margin`` seconds old, from the very first window on (a bucket that starts
+    full lets twice the rate through its first window). GCRA (the generic cell rate
+    algorithm of ATM networks, a leaky bucket kept as one "theoretical arrival time")
+    spaces starts ``per / requests`` apart once *burst* back-to-back starts are spent.
+
+    Args:
+        requests: Attempts allowed per window.
+        per: Window length in seconds.
+        burst: Attempts that may start back to back (default: *requests*, the
+            whole window at once). ``burst=1`` spreads starts evenly.
+        margin: Seconds added to every window so that network jitter cannot
+            squeeze two windows' worth into one at the server. Default: 1% of
+            *per*, at most 0.5 s; steady throughput is ``requests / (per + margin)``.
+
+    One instance may be shared by several clients in one process to share one budget.
+    """
+
+    requests: int
+    per: float = 1.0
+    burst: int | None = None
+    margin: float | None = None
+    _pause: _Pause = attrs.field(init=False, factory=_Pause)
+    _log: deque[float] = attrs.field(init=False)
+    _tat: float = attrs.field(init=False, default=-math.inf)
+
+    def __attrs_post_init__(self) -> None:
+        _check_positive("requests", self.requests, integer=True)
+        _check_positive("per", self.per)
+        if self.burst is not None:
+            _check_positive("burst", self.burst, integer=True)
+            if self.burst > self.requests:
+                raise InvalidRequestError(
+                    f"burst must be at most requests ({self.requests}), got {self.burst}"
+                )
+        if self.margin is not None and (
+            not isinstance(self.margin, int | float) or self.margin < 0
+        ):
+            raise InvalidRequestError(f"margin must be >= 0 seconds, got {self.margin!r}")
+        # Twice the window's worth, so that a cancelled booking can be handed back
+        # without losing the entry the window rule needs next.
+        self._log = deque(maxlen=2 * self.requests)
+
+    def __repr__(self) -> str:
+        return (
+            f"RateLimit({self.requests}, per={self.per}, burst={self.effective_burst}, "
+            f"margin={self.effective_margin})"
+        )
+
+    @classmethod
+    def adaptive(
+        cls,
+        start: float | None = None,
+        max: float | None = None,  # noqa: A002 - the documented keyword
+        *,
+        min: float = 0.5,  # noqa: A002
+    ) -> AdaptiveRateLimit:
+        """A limiter that finds an unknown limit by itself (AIMD), in requests per second.
+
+        See :class:`AdaptiveRateLimit`.
+        """
+        return AdaptiveRateLimit(start=start, max_rate=max, min_rate=min)
+
+    @property
+    def effective_burst(self) -> int:
+        """Back-to-back starts allowed."""
+        return self.requests if self.burst is None else self.burst
+
+    @property
+    def effective_margin(self) -> float:
+        """Seconds added to each window."""
+        return min(0.01 * self.per, 0.5) if self.margin is None else float(self.margin)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between starts at the steady rate."""
+        return self.per / self.requests
+
+    def _book(self, now: float) -> float:
+        interval = self.interval
+        slot = max(now, self._pause.not_before, self._tat - (self.effective_burst - 1) * interval)
+        if len(self._log) >= self.requests:
+            slot = max(slot, self._log[-self.requests] + self.per + self.effective_margin)
+        if self._log:
+            slot = max(slot, self._log[-1])
+        if slot <= self._pause.not_before:
+            # Resume after a pause paced, not as a herd: the burst allowance starts empty.
+            self._tat = max(self._tat, slot + (self.effective_burst - 1) * interval)
+        self._tat = max(self._tat, slot) + interval
+        self._log.append(slot)
+        return slot
+
+    def _cancel(self, slot: float) -> None:
+        i = bisect.bisect_left(self._log, slot)
+        if i < len(self._log) and self._log[i] == slot:
+            del self._log[i]
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Pause everyone sharing this limiter for *retry_after* (or a backoff)."""
+        return self._pause.extend(retry_after, time.monotonic())
+
+
+@attrs.define(eq=False, repr=False)
+class AdaptiveRateLimit(_Booking):
+    """A limiter for a key whose limit is unknown: AIMD on the request rate.
+
+    It starts at *start* requests per second (``None``: no limit until the first
+    429), divides the rate by two on a 429 (once per burst of 429s: answers to
+    attempts sent before the cut do not cut again) and then adds ``step`` requests
+    per second for every second of accepted traffic, up to *max_rate*. Starts are
+    spaced evenly (GCRA without burst). On the first 429 without a known rate, the
+    rate becomes what the server accepted during the last second.
+
+    This is what a client uses when it is given no ``rate_limit``: traffic is
+    unlimited until the server says 429, then everyone pauses and resumes paced.
+    """
+
+    start: float | None = None
+    max_rate: float | None = None
+    min_rate: float = 0.5
+    decrease: float = 0.5
+    _pause: _Pause = attrs.field(init=False, factory=_Pause)
+    _rate: float | None = attrs.field(init=False, default=None)
+    _tat: float = attrs.field(init=False, default=-math.inf)
+    _last_cut: float = attrs.field(init=False, default=-math.inf)
+    _recent: deque[float] = attrs.field(init=False, factory=deque)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("start", "max_rate"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(name, value)
+        _check_positive("min_rate", self.min_rate)
+        if not 0 < self.decrease < 1:
+            raise InvalidRequestError(f"decrease must be between 0 and 1, got {self.decrease!r}")
+        if self.start is not None and self.max_rate is not None and self.start > self.max_rate:
+            raise InvalidRequestError(
+                f"start ({self.start}) must not exceed max ({self.max_rate})"
+            )
+        self._rate = None if self.start is None else float(self.start)
+
+    def __repr__(self) -> str:
+        return f"AdaptiveRateLimit(rate={self.rate}, max_rate={self.max_rate})"
+
+    @property
+    def rate(self) -> float | None:
+        """The current rate in requests per second (``None``: unlimited)."""
+        return self._rate
+
+    def _book(self, now: float) -> float:
+        slot = max(now, self._pause.not_before)
+        if self._rate is None:
+            return slot
+        slot = max(slot, self._tat)
+        self._tat = slot + 1.0 / self._rate
+        return slot
+
+    def _cancel(self, slot: float) -> None:
+        if self._rate is not None and math.isclose(self._tat, slot + 1.0 / self._rate):
+            self._tat = slot
+
+    async def on_success(self, started: float) -> None:
+        """Raise the rate a little (additive increase) and end a run of 429s."""
+        self._pause.clear_streak()
+        now = time.monotonic()
+        self._recent.append(now)
+        while self._recent and self._recent[0] < now - 1.0:
+            self._recent.popleft()
+        if self._rate is not None:
+            # About +1 request/second for each second of traffic at the current rate.
+            self._rate += 1.0 / self._rate
+            if self.max_rate is not None:
+                self._rate = min(self._rate, self.max_rate)
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Pause everyone, and cut the rate once per burst of 429s."""
+        now = time.monotonic()
+        if started >= self._last_cut:
+            self._last_cut = now
+            if self._rate is None:
+                # What the server just accepted in a second is the best guess at its limit.
+                seen = sum(1 for t in self._recent if t >= now - 1.0)
+                self._rate = max(self.min_rate, 0.9 * seen)
+            else:
+                self._rate = max(self.min_rate, self._rate * self.decrease)
+            if self.max_rate is not None:
+                self._rate = min(self._rate, self.max_rate)
+        pause = self._pause.extend(retry_after, now)
+        self._tat = max(self._tat, self._pause.not_before)
+        return pause

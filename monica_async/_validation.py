@@ -1,0 +1,70 @@
+"""Checks run on every argument before a request is sent."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from ._exceptions import InvalidRequestError
+
+__all__ = ["ALLOWED_SCALES", "MAX_URL_LENGTH", "validate_image_url", "validate_scale"]
+
+#: The scale factors the API accepts (the spec's enum). A future 4 is added here only.
+ALLOWED_SCALES: Final[tuple[int, ...]] = (2,)
+
+#: Longer URLs are refused: proxies and servers commonly cap request lines near 8 KiB.
+MAX_URL_LENGTH: Final = 8192
+
+_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def validate_scale(scale: Any) -> int:
+    """Return *scale* when it is one of :data:`ALLOWED_SCALES`, else raise."""
+    # bool is an int subclass and 2.0 == 2: both would slip past a plain `in` check.
+    if type(scale) is not int or scale not in ALLOWED_SCALES:
+        raise InvalidRequestError(f"scale must be one of {ALLOWED_SCALES}, got {scale!r}")
+    return scale
+
+
+def validate_image_url(image: Any) -> str:
+    """Return *image* when it is an absolute http(s) URL the API can fetch, else raise."""
+    if not isinstance(image, str):
+        raise InvalidRequestError(
+            f"image must be a URL string, got {type(image).__name__}: {_short(image)}"
+        )
+    if not image.strip():
+        raise InvalidRequestError("image must be a non-empty URL, got an empty string")
+    if len(image) > MAX_URL_LENGTH:
+        raise InvalidRequestError(
+            f"image URL must be at most {MAX_URL_LENGTH} characters, got {len(image)}"
+        )
+    bad = next((c for c in image if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"image URL must not contain spaces or control characters (found {bad!r}); "
+            f"percent-encode them, got {_short(image)}"
+        )
+    try:
+        parts = urlsplit(image)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidRequestError(f"image is not a valid URL ({exc}): {_short(image)}") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise InvalidRequestError(
+            f"image must be an absolute http(s) URL with a host, got {_short(image)}"
+        )
+    return image
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Tell whether *host* names this machine (so plain http is harmless)."""
+    if host is None:
+        return False
+    host = host.strip("[]").lower()
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
