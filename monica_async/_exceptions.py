@@ -121,7 +121,9 @@ class APIResponseValidationError(APIError):
         body: An excerpt of the body.
     """
 
-    def __init__(self, message: str, *, status: int = 200, body: str = "", **kwargs: object) -> None:
+    def __init__(
+        self, message: str, *, status: int = 200, body: str = "", **kwargs: object
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.status = status
         self.body = excerpt(body)
@@ -157,8 +159,7 @@ class APIStatusError(APIError):
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""
-        base = f"HTTP {self.status}{code}: {super().__str__()}"
-        return base
+        return f"HTTP {self.status}{code}: {super().__str__()}"
 
 
 class BadRequestError(APIStatusError):

@@ -133,7 +133,7 @@ class _Booking:
 
 def _check_positive(name: str, value: object, *, integer: bool = False) -> None:
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:  # type: ignore[operator]
+    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
         what = "a positive integer" if integer else "a positive number"
         raise InvalidRequestError(f"{name} must be {what}, got {value!r}")
 
@@ -196,9 +196,9 @@ class RateLimit(_Booking):
     def adaptive(
         cls,
         start: float | None = None,
-        max: float | None = None,  # noqa: A002 - the documented keyword
+        max: float | None = None,
         *,
-        min: float = 0.5,  # noqa: A002
+        min: float = 0.5,
     ) -> AdaptiveRateLimit:
         """A limiter that finds an unknown limit by itself (AIMD), in requests per second.
 
@@ -279,9 +279,7 @@ class AdaptiveRateLimit(_Booking):
         if not 0 < self.decrease < 1:
             raise InvalidRequestError(f"decrease must be between 0 and 1, got {self.decrease!r}")
         if self.start is not None and self.max_rate is not None and self.start > self.max_rate:
-            raise InvalidRequestError(
-                f"start ({self.start}) must not exceed max ({self.max_rate})"
-            )
+            raise InvalidRequestError(f"start ({self.start}) must not exceed max ({self.max_rate})")
         self._rate = None if self.start is None else float(self.start)
 
     def __repr__(self) -> str:

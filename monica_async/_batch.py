@@ -1,0 +1,152 @@
+"""The batch engine: a fixed pool of workers pulling inputs lazily.
+
+Memory does not grow with the input: there is one task per worker, never one per
+input, and finished outcomes wait in a bounded channel, so a slow consumer slows
+the workers down instead of piling results up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Final
+
+from ._exceptions import AuthenticationError, MonicaError, PermissionDeniedError
+from ._models import Outcome, UpscaleResult
+
+__all__ = ["run_batch"]
+
+#: Errors that concern the whole key: after one, sending more requests is pointless.
+KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError)
+
+
+class _Finished:
+    """Put on the channel by a worker that has nothing left to do."""
+
+
+class _Failed:
+    """Put on the channel when reading the input itself raised."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_FINISHED: Final = _Finished()
+
+
+class _Source:
+    """One shared cursor over a sync or async iterable, numbering what it hands out."""
+
+    def __init__(self, images: Iterable[object] | AsyncIterable[object]) -> None:
+        self._sync: Iterator[object] | None = None
+        self._async: AsyncIterator[object] | None = None
+        if isinstance(images, AsyncIterable):
+            self._async = aiter(images)
+        elif isinstance(images, Iterable) and not isinstance(images, str | bytes):
+            self._sync = iter(images)
+        else:
+            raise MonicaError(
+                f"images must be an iterable or async iterable of URLs, got {type(images).__name__}"
+            )
+        # Async iterators may not be advanced by two tasks at once.
+        self._lock = asyncio.Lock()
+        self._next_index = 0
+        self.exhausted = False
+
+    async def next(self) -> tuple[int, object] | None:
+        if self.exhausted:
+            return None
+        if self._sync is not None:
+            try:
+                item = next(self._sync)
+            except StopIteration:
+                self.exhausted = True
+                return None
+        else:
+            assert self._async is not None
+            async with self._lock:
+                if self.exhausted:
+                    return None
+                try:
+                    item = await anext(self._async)
+                except StopAsyncIteration:
+                    self.exhausted = True
+                    return None
+        index = self._next_index
+        self._next_index += 1
+        return index, item
+
+
+async def run_batch(
+    call: Callable[[str], Awaitable[UpscaleResult]],
+    images: Iterable[object] | AsyncIterable[object],
+    *,
+    workers: int,
+    buffer: int,
+    ordered: bool,
+) -> AsyncIterator[Outcome]:
+    """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*."""
+    source = _Source(images)
+    channel: asyncio.Queue[Outcome | _Finished | _Failed] = asyncio.Queue(
+        maxsize=0 if ordered else buffer
+    )
+    # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
+    # a place before pulling an input and the consumer frees it when it yields that one.
+    lookahead = asyncio.Semaphore(buffer) if ordered else None
+    key_error: list[MonicaError] = []
+
+    async def settle(index: int, item: object) -> Outcome:
+        label = item if isinstance(item, str) else repr(item)
+        if key_error:
+            return Outcome(index=index, source=label, error=key_error[0])
+        try:
+            result = await call(item)  # type: ignore[arg-type]  # validated by call
+        except MonicaError as exc:
+            if isinstance(exc, KEY_ERRORS) and not key_error:
+                key_error.append(exc)
+            return Outcome(index=index, source=label, error=exc)
+        return Outcome(index=index, source=label, result=result)
+
+    async def work() -> None:
+        try:
+            while True:
+                if lookahead is not None:
+                    await lookahead.acquire()
+                pulled = await source.next()
+                if pulled is None:
+                    if lookahead is not None:
+                        lookahead.release()
+                    break
+                await channel.put(await settle(*pulled))
+        except Exception as exc:  # the input's own error, or a bug: the consumer re-raises it
+            source.exhausted = True
+            await channel.put(_Failed(exc))
+        else:
+            await channel.put(_FINISHED)
+
+    tasks = [asyncio.create_task(work(), name=f"monica-worker-{i}") for i in range(workers)]
+    running = len(tasks)
+    pending: dict[int, Outcome] = {}
+    next_index = 0
+    try:
+        while running:
+            message = await channel.get()
+            if isinstance(message, _Finished):
+                running -= 1
+                continue
+            if isinstance(message, _Failed):
+                raise message.error
+            if not ordered:
+                yield message
+                continue
+            pending[message.index] = message
+            while next_index in pending:
+                outcome = pending.pop(next_index)
+                next_index += 1
+                assert lookahead is not None
+                lookahead.release()
+                yield outcome
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,626 @@
+"""MonicaClient: the session manager every call goes through."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import aiohttp
+import attrs
+
+from . import _retry
+from ._batch import run_batch
+from ._config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_TIMEOUT,
+    UPSCALE_PATH,
+    USE_CLIENT_DEFAULT,
+    RetryPolicy,
+    UseClientDefault,
+    resolve_api_key,
+    resolve_timeout,
+)
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    InvalidRequestError,
+    MonicaError,
+    RateLimitError,
+    excerpt,
+    status_error_class,
+)
+from ._models import Outcome, UpscaleResult
+from ._ratelimit import AdaptiveRateLimit, RateLimiter
+from ._stats import ClientStats, StatsRecorder
+from ._validation import is_loopback_host, validate_image_url, validate_scale
+from ._version import __version__
+
+__all__ = ["MonicaClient"]
+
+logger = logging.getLogger("monica_async")
+
+_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
+_IMAGE_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
+_CHUNK = 64 * 1024
+
+USER_AGENT = (
+    f"monica-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
+)
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    for name in _REQUEST_ID_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def _looks_like_image(first: bytes) -> bool:
+    if first.startswith(b"RIFF") and first[8:12] == b"WEBP":
+        return True
+    return first.startswith(_IMAGE_MAGIC)
+
+
+def parse_error_body(raw: str) -> tuple[str | None, str | None]:
+    """Read ``{"error": {"code": ..., "message": ...}}``; never raises."""
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        code, message = error.get("code"), error.get("message")
+        return (
+            None if code is None else str(code),
+            message if isinstance(message, str) and message else None,
+        )
+    if isinstance(error, str) and error:
+        return None, error
+    message = payload.get("message")
+    return None, message if isinstance(message, str) and message else None
+
+
+@attrs.define(eq=False, repr=False)
+class _Attempt:
+    """What one successful HTTP attempt produced."""
+
+    payload: Any
+    raw: str
+    request_id: str | None
+    attempts: int = 1
+
+
+class MonicaClient:
+    """An asyncio client for the Monica Upscale API.
+
+    Use it as an async context manager (or call :meth:`aclose`): it owns one
+    ``aiohttp.ClientSession``, created inside the running event loop on first use
+    and reused by every call.
+
+    Args:
+        api_key: The API key; defaults to the ``MONICA_API_KEY`` environment variable.
+        base_url: The API's root; defaults to ``MONICA_BASE_URL``, else
+            ``https://openapi.monica.im``. ``/v1/image/tool/upscale`` is appended.
+        timeout: Per attempt: seconds (total) or an ``aiohttp.ClientTimeout``.
+        retry: When and how long to retry (:class:`RetryPolicy`).
+        max_concurrency: Attempts in flight at once across every call of this
+            client, single calls and batches alike.
+        rate_limit: A :class:`RateLimit`, :class:`AdaptiveRateLimit`,
+            :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: an
+            :class:`AdaptiveRateLimit` with no limit until the server answers 429,
+            then a shared pause and paced traffic.
+        session: An ``aiohttp.ClientSession`` to use; it is never closed by the client.
+        headers: Extra headers for API calls.
+        allow_insecure_http: Allow ``http://`` for hosts other than loopback.
+        max_download_bytes: Largest image :meth:`download` accepts.
+
+    Raises:
+        MonicaError: No API key was given or found in the environment.
+        InvalidRequestError: An option is invalid.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | aiohttp.ClientTimeout | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rate_limit: RateLimiter | None = None,
+        session: aiohttp.ClientSession | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow_insecure_http: bool = False,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    ) -> None:
+        self._api_key = resolve_api_key(api_key)
+        self.base_url = self._check_base_url(
+            base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, allow_insecure_http
+        )
+        self._endpoint = self.base_url + UPSCALE_PATH
+        self._endpoint_path = urlsplit(self._endpoint).path
+        self.timeout = resolve_timeout(timeout)
+        self.retry = RetryPolicy() if retry is None else retry
+        if not isinstance(self.retry, RetryPolicy):
+            raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise InvalidRequestError(
+                f"max_concurrency must be an integer, got {max_concurrency!r}"
+            )
+        if max_concurrency < 1:
+            raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
+            raise InvalidRequestError(
+                "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
+                f"RateLimiter, got {rate_limit!r}"
+            )
+        self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
+        self.allow_insecure_http = allow_insecure_http
+        self.max_download_bytes = max_download_bytes
+        self._extra_headers = dict(headers or {})
+        for name in self._extra_headers:
+            if name.lower() == "authorization":
+                raise InvalidRequestError("headers must not set Authorization: pass api_key")
+        self._session = session
+        self._owns_session = session is None
+        self._state = _State.UNOPENED
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._stats = StatsRecorder()
+
+    def __repr__(self) -> str:
+        return (
+            f"MonicaClient(base_url={self.base_url!r}, max_concurrency={self.max_concurrency}, "
+            f"rate_limit={self.rate_limit!r}, state={self._state.value})"
+        )
+
+    @staticmethod
+    def _check_base_url(url: str, allow_insecure_http: bool) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidRequestError(
+                f"base_url must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, "
+                f"got {url!r}"
+            )
+        if parts.scheme == "http" and not (allow_insecure_http or is_loopback_host(parts.hostname)):
+            raise InvalidRequestError(
+                f"base_url {url!r} is plain http: the API key would travel unencrypted; "
+                "use https, or pass allow_insecure_http=True"
+            )
+        return url.rstrip("/")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._state is _State.CLOSED:
+            raise MonicaError("this MonicaClient is closed; create a new one")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=max(100, 2 * self.max_concurrency), ttl_dns_cache=300
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": USER_AGENT}
+            )
+        self._state = _State.OPENED
+        return self._session
+
+    def _timeout_for(
+        self, timeout: float | aiohttp.ClientTimeout | UseClientDefault | None
+    ) -> aiohttp.ClientTimeout:
+        return self.timeout if timeout is USE_CLIENT_DEFAULT else resolve_timeout(timeout)
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`aclose` ran."""
+        return self._state is _State.CLOSED
+
+    async def aclose(self) -> None:
+        """Close the session the client created (not an injected one). Idempotent."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    @property
+    def stats(self) -> ClientStats:
+        """A snapshot of the client's counters (:class:`ClientStats`)."""
+        return self._stats.snapshot()
+
+    # -- single calls ----------------------------------------------------------------
+
+    async def upscale(
+        self,
+        image: str,
+        *,
+        scale: int = 2,
+        timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
+        retry: RetryPolicy | UseClientDefault = USE_CLIENT_DEFAULT,
+    ) -> UpscaleResult:
+        """Upscale the image at *image* and return where the result is.
+
+        Args:
+            image: Absolute http(s) URL of the original image.
+            scale: Scale factor, one of ``ALLOWED_SCALES``.
+            timeout: Per-attempt timeout for this call.
+            retry: Retry policy for this call.
+
+        Raises:
+            InvalidRequestError: *image* or *scale* is invalid (nothing was sent).
+            APIStatusError: The server refused (a subclass per status).
+            APIConnectionError: The server could not be reached (after retries).
+            APIResponseValidationError: The server's 200 broke the contract.
+        """
+        image = validate_image_url(image)
+        scale = validate_scale(scale)
+        session = self._open()
+        attempt_timeout = (
+            self.timeout if timeout is USE_CLIENT_DEFAULT else resolve_timeout(timeout)
+        )
+        policy = self.retry if retry is USE_CLIENT_DEFAULT else retry
+        stats = self._stats
+        stats.requests += 1
+        began = time.monotonic()
+
+        async def attempt(number: int) -> _Attempt:
+            if number > 1:
+                stats.retries += 1
+            return await self._attempt(session, image, scale, attempt_timeout, number)
+
+        try:
+            done = await _retry.retrying(attempt, policy, what=f"upscale {image[:80]}")
+            result = UpscaleResult.from_response(
+                done.payload,
+                source=image,
+                scale=scale,
+                attempts=done.attempts,
+                elapsed=time.monotonic() - began,
+                request_id=done.request_id,
+                raw=done.raw,
+            )
+        except MonicaError as exc:
+            stats.failures[type(exc).__name__] += 1
+            raise
+        stats.succeeded += 1
+        stats.latencies.append(result.elapsed)
+        return result
+
+    async def _attempt(
+        self,
+        session: aiohttp.ClientSession,
+        image: str,
+        scale: int,
+        timeout: aiohttp.ClientTimeout,
+        number: int,
+    ) -> _Attempt:
+        stats = self._stats
+        async with self._semaphore:
+            stats.limiter_wait += await self.rate_limit.acquire()
+            started = time.monotonic()
+            stats.attempts += 1
+            stats.in_flight += 1
+            try:
+                done = await self._post(session, image, scale, timeout, number)
+            except RateLimitError as exc:
+                exc.attempts = number
+                stats.rate_limited += 1
+                await self.rate_limit.on_rate_limited(exc.retry_after, started)
+                raise
+            finally:
+                stats.in_flight -= 1
+            await self.rate_limit.on_success(started)
+        done.attempts = number
+        return done
+
+    async def _post(
+        self,
+        session: aiohttp.ClientSession,
+        image: str,
+        scale: int,
+        timeout: aiohttp.ClientTimeout,
+        number: int,
+    ) -> _Attempt:
+        headers = {
+            **self._extra_headers,
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        body = json.dumps({"image": image, "scale": scale}).encode()
+        started = time.monotonic()
+        status: int | None = None
+        try:
+            async with session.post(
+                self._endpoint,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                raw = (await response.read()).decode("utf-8", errors="replace")
+                response_headers = response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise map_transport_error(exc, "POST", self._endpoint) from exc
+        finally:
+            logger.debug(
+                "POST %s -> %s in %.3fs (attempt %d)",
+                self._endpoint_path,
+                status if status is not None else "no answer",
+                time.monotonic() - started,
+                number,
+            )
+        request_id = _request_id(response_headers)
+        if status != 200:
+            raise status_error(status, raw, response_headers, url=self._endpoint)
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            raise APIResponseValidationError(
+                f"the server answered 200 with a body that is not JSON: {excerpt(raw, 100)!r}",
+                body=raw,
+                url=self._endpoint,
+                request_id=request_id,
+            ) from None
+        return _Attempt(payload=payload, raw=raw, request_id=request_id)
+
+    # -- batches -----------------------------------------------------------------------
+
+    def upscale_many(
+        self,
+        images: Iterable[str] | AsyncIterable[str],
+        *,
+        scale: int = 2,
+        ordered: bool = False,
+        workers: int | None = None,
+        buffer: int | None = None,
+    ) -> AsyncIterator[Outcome]:
+        """Upscale many images in parallel, yielding one :class:`Outcome` per input.
+
+        Workers pull inputs lazily, so a generator of millions of URLs costs no more
+        memory than a few. Each input yields exactly one outcome: a result, or the
+        final error (an invalid input yields :class:`InvalidRequestError` without a
+        request). After an :class:`AuthenticationError` or
+        :class:`PermissionDeniedError` no more requests are sent and the remaining
+        inputs get that error.
+
+        Use it as ``async for outcome in client.upscale_many(urls)``; leaving the
+        loop early cancels what is in flight. For a clean stop without waiting for
+        garbage collection, wrap it in ``contextlib.aclosing``.
+
+        Args:
+            images: URLs, as any iterable or async iterable.
+            scale: Scale factor for every image.
+            ordered: Yield in input order (a bounded look-ahead) instead of
+                completion order.
+            workers: Concurrent workers (default: the client's ``max_concurrency``).
+            buffer: Finished outcomes held for a slow consumer before the workers
+                wait (default: ``2 * workers``); also the look-ahead when *ordered*.
+        """
+        scale = validate_scale(scale)
+        self._open()
+        count = self.max_concurrency if workers is None else workers
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
+        size = 2 * count if buffer is None else buffer
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
+        return run_batch(
+            lambda url: self.upscale(url, scale=scale),
+            images,
+            workers=count,
+            buffer=size,
+            ordered=ordered,
+        )
+
+    async def upscale_all(
+        self,
+        images: Iterable[str] | AsyncIterable[str],
+        *,
+        scale: int = 2,
+        workers: int | None = None,
+    ) -> list[Outcome]:
+        """Upscale every image and return the outcomes in input order, one per input."""
+        outcomes: list[Outcome] = []
+        stream = self.upscale_many(images, scale=scale, ordered=True, workers=workers)
+        try:
+            async for outcome in stream:
+                outcomes.append(outcome)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return outcomes
+
+    # -- downloads --------------------------------------------------------------------
+
+    async def download(
+        self,
+        result: UpscaleResult | str,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> Path:
+        """Stream the upscaled image to *path*, atomically; return the path.
+
+        The bytes go to a temporary file beside *path*, renamed only once complete
+        and checked to be an image, so *path* never holds a partial file. No
+        ``Authorization`` header is sent. Transient failures are retried.
+
+        Raises:
+            APIResponseValidationError: The body is not an image or is too large.
+            APIStatusError: The image server refused.
+            APIConnectionError: The image server could not be reached.
+        """
+        url = result.url if isinstance(result, UpscaleResult) else result
+        url = validate_image_url(url)
+        host = urlsplit(url).hostname
+        if url.lower().startswith("http:") and not (
+            self.allow_insecure_http or is_loopback_host(host)
+        ):
+            raise InvalidRequestError(
+                f"refusing to download over plain http from {host!r}; "
+                "pass allow_insecure_http=True to the client to allow it"
+            )
+        limit = self.max_download_bytes if max_bytes is None else max_bytes
+        attempt_timeout = (
+            self.timeout if timeout is USE_CLIENT_DEFAULT else resolve_timeout(timeout)
+        )
+        target = Path(path)
+        session = self._open()
+
+        async def attempt(number: int) -> Path:
+            return await self._download_once(session, url, target, limit, attempt_timeout)
+
+        return await _retry.retrying(attempt, self.retry, what=f"download {url[:80]}")
+
+    async def _download_once(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        target: Path,
+        limit: int,
+        timeout: aiohttp.ClientTimeout,
+    ) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+        )
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                try:
+                    async with session.get(url, timeout=timeout) as response:
+                        if response.status != 200:
+                            raw = await _read_error_text(response)
+                            raise status_error(response.status, raw, response.headers, url=url)
+                        if response.content_length is not None and response.content_length > limit:
+                            raise _not_downloadable(
+                                url, f"is {response.content_length} bytes, over the {limit} limit"
+                            )
+                        content_type = response.headers.get("content-type", "")
+                        size = 0
+                        first = b""
+                        async for chunk in response.content.iter_chunked(_CHUNK):
+                            if not first:
+                                first = chunk[:16]
+                            size += len(chunk)
+                            if size > limit:
+                                raise _not_downloadable(url, f"is over the {limit}-byte limit")
+                            out.write(chunk)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise map_transport_error(exc, "GET", url) from exc
+            if not (content_type.startswith("image/") or _looks_like_image(first)):
+                raise _not_downloadable(
+                    url, f"is not an image (content-type {content_type or 'missing'!r})"
+                )
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return target
+
+
+async def _read_error_text(response: aiohttp.ClientResponse) -> str:
+    try:
+        return (await response.content.read(64 * 1024)).decode("utf-8", errors="replace")
+    except (aiohttp.ClientError, TimeoutError):
+        return ""
+
+
+def _not_downloadable(url: str, why: str) -> APIResponseValidationError:
+    return APIResponseValidationError(f"the download from {url[:200]} {why}", method="GET", url=url)
+
+
+def status_error(status: int, raw: str, headers: Mapping[str, str], *, url: str) -> APIStatusError:
+    """Build the error for a non-200 answer; reading the body never raises."""
+    code, message = parse_error_body(raw)
+    request_id = _request_id(headers)
+    if message is None:
+        message = excerpt(raw.strip(), 200) or f"HTTP {status} with an empty body"
+    if 300 <= status < 400:
+        message = (
+            f"unexpected redirect to {headers.get('location', '?')!r}; redirects are not "
+            f"followed so that the API key never leaves the API host ({message})"
+        )
+    error = status_error_class(status)(
+        message,
+        status=status,
+        code=code,
+        body=raw,
+        retry_after=_retry.parse_retry_after(headers),
+        url=url,
+        request_id=request_id,
+    )
+    hint = headers.get("x-should-retry", "").strip().lower()
+    if hint in ("true", "false"):
+        error.should_retry_hint = hint == "true"  # type: ignore[attr-defined]
+    return error
+
+
+def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
+    """Map an aiohttp or timeout error to the library's error (the one boundary)."""
+    if isinstance(exc, TimeoutError):
+        return APITimeoutError(
+            f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        detail = (
+            f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
+        )
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        detail = "the server closed the connection without answering"
+    elif isinstance(exc, aiohttp.ClientPayloadError):
+        detail = "the answer's body was cut short"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        detail = f"invalid HTTP answer ({exc.message})"
+    else:
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return APIConnectionError(f"{method} {url} failed: {detail}", method=method, url=url)

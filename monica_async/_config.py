@@ -1,0 +1,133 @@
+"""Options, their defaults, and the small helpers that read them."""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Any, Final
+
+import aiohttp
+import attrs
+
+from ._exceptions import InvalidRequestError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_CONCURRENCY",
+    "DEFAULT_TIMEOUT",
+    "UPSCALE_PATH",
+    "USE_CLIENT_DEFAULT",
+    "RetryPolicy",
+    "UseClientDefault",
+]
+
+DEFAULT_BASE_URL: Final = "https://openapi.monica.im"
+UPSCALE_PATH: Final = "/v1/image/tool/upscale"
+API_KEY_ENV: Final = "MONICA_API_KEY"
+BASE_URL_ENV: Final = "MONICA_BASE_URL"
+
+#: Upscaling takes seconds on the server; the total bounds one attempt, not the retries.
+DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120.0, connect=10.0, sock_connect=10.0)
+DEFAULT_MAX_CONCURRENCY: Final = 16
+#: Results are images of at most 4096x4096; 64 MiB covers any PNG of that size.
+DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
+
+DEFAULT_MAX_ATTEMPTS: Final = 4
+DEFAULT_INITIAL_BACKOFF: Final = 0.5
+DEFAULT_MAX_BACKOFF: Final = 8.0
+DEFAULT_MAX_RETRY_AFTER: Final = 60.0
+DEFAULT_DEADLINE: Final = 300.0
+DEFAULT_RETRY_STATUSES: Final = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class UseClientDefault(enum.Enum):
+    """Sentinel type: a per-call option that falls back to the client's setting."""
+
+    USE_CLIENT_DEFAULT = enum.auto()
+
+    def __repr__(self) -> str:
+        return "USE_CLIENT_DEFAULT"
+
+
+USE_CLIENT_DEFAULT: Final = UseClientDefault.USE_CLIENT_DEFAULT
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidRequestError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _positive_or_none(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+    ):
+        raise InvalidRequestError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{attribute.name} must be an integer >= 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """When and how long to retry a failed attempt.
+
+    Connection errors, timeouts and the statuses in *retry_statuses* are retried;
+    an ``x-should-retry: true|false`` answer header overrides that. Other 4xx
+    answers, invalid 200 bodies and cancellation are never retried.
+
+    Args:
+        max_attempts: Attempts in all, the first included; ``1`` disables retries.
+        initial_backoff: Wait before the first retry when the server gives no
+            ``Retry-After``; doubles on each retry, with random jitter.
+        max_backoff: Upper bound of one backoff wait.
+        max_retry_after: Longest ``Retry-After`` honoured; a longer one fails at
+            once with the 429/503 error instead of sleeping for minutes.
+        deadline: Seconds from the first attempt after which no retry starts
+            (``None``: no deadline). A retry whose wait would pass it is not made.
+        retry_statuses: HTTP statuses worth retrying.
+
+    Retries cost money: the API bills per call, and a call that timed out on our
+    side may have been executed (and billed) by the server.
+    """
+
+    max_attempts: int = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=_at_least_one)
+    initial_backoff: float = attrs.field(default=DEFAULT_INITIAL_BACKOFF, validator=_non_negative)
+    max_backoff: float = attrs.field(default=DEFAULT_MAX_BACKOFF, validator=_non_negative)
+    max_retry_after: float = attrs.field(default=DEFAULT_MAX_RETRY_AFTER, validator=_non_negative)
+    deadline: float | None = attrs.field(default=DEFAULT_DEADLINE, validator=_positive_or_none)
+    retry_statuses: frozenset[int] = attrs.field(
+        default=DEFAULT_RETRY_STATUSES, converter=frozenset
+    )
+
+    def backoff(self, retry_number: int, jitter: float) -> float:
+        """Wait before retry number *retry_number* (1-based) with *jitter* in [0, 1)."""
+        base = min(self.max_backoff, self.initial_backoff * 2 ** (retry_number - 1))
+        # "Equal jitter": at least half the backoff, so waits still grow.
+        return float(base / 2 + base / 2 * jitter)
+
+
+def resolve_api_key(api_key: str | None) -> str:
+    """Return the key from the argument or the environment, or raise naming both."""
+    from ._exceptions import MonicaError
+
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is None or not key.strip():
+        raise MonicaError(
+            f"no API key: pass api_key=... or set the {API_KEY_ENV} environment variable"
+        )
+    return key.strip()
+
+
+def resolve_timeout(timeout: float | aiohttp.ClientTimeout | None) -> aiohttp.ClientTimeout:
+    """Accept a number of seconds (total per attempt) or an ``aiohttp.ClientTimeout``."""
+    if timeout is None:
+        return aiohttp.ClientTimeout(total=None)
+    if isinstance(timeout, aiohttp.ClientTimeout):
+        return timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidRequestError(
+            f"timeout must be seconds > 0, an aiohttp.ClientTimeout or None, got {timeout!r}"
+        )
+    return aiohttp.ClientTimeout(total=float(timeout), connect=min(float(timeout), 10.0))

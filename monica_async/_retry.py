@@ -1,0 +1,170 @@
+"""Retries: which failures are worth another attempt, and how long to wait.
+
+tenacity runs the loop; users only ever see :class:`~monica_async.RetryPolicy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import tenacity
+
+from ._config import RetryPolicy
+from ._exceptions import APIConnectionError, APIError, APIStatusError
+
+__all__ = ["is_testing", "parse_retry_after", "retrying", "set_testing"]
+
+logger = logging.getLogger("monica_async")
+
+T = TypeVar("T")
+
+_testing = False
+
+
+def set_testing(testing: bool) -> None:
+    """Make every retry wait (backoff, ``Retry-After``) last 0 seconds, or stop doing so.
+
+    For tests, the library's own and yours: retries still happen and are counted,
+    they just do not sleep. Rate limiters still pace real time.
+    """
+    global _testing
+    _testing = testing
+
+
+def is_testing() -> bool:
+    """Tell whether :func:`set_testing` switched waits off."""
+    return _testing
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(0 if _testing else seconds)
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms``, then ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP-date. Unparseable values are ignored.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        pass
+    else:
+        return value if math.isfinite(value) and value >= 0 else None
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
+    """Tell whether *exc*, raised by one attempt, is worth another attempt."""
+    if not isinstance(exc, APIError):
+        # Never CancelledError, never a bug of ours: only the library's API errors.
+        return False
+    if isinstance(exc, APIStatusError):
+        hint = getattr(exc, "should_retry_hint", None)
+        retry = bool(hint) if hint is not None else exc.status in policy.retry_statuses
+        if retry and exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+            return False
+        return retry
+    return isinstance(exc, APIConnectionError)
+
+
+def _wait_for(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
+    def wait(state: tenacity.RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            # A little positive jitter, so callers told the same time do not wake together.
+            return float(retry_after) + random.uniform(0.0, min(1.0, 0.1 * retry_after + 0.05))
+        return policy.backoff(state.attempt_number, random.random())
+
+    return wait
+
+
+def _log_retry(policy: RetryPolicy, what: str) -> Callable[[tenacity.RetryCallState], None]:
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.upcoming_sleep
+        logger.info(
+            "%s: retrying in %.2fs after %s (attempt %d of %d)",
+            what,
+            delay,
+            _reason(exc),
+            state.attempt_number,
+            policy.max_attempts,
+        )
+
+    return before_sleep
+
+
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, APIStatusError):
+        return f"HTTP {exc.status}"
+    return type(exc).__name__
+
+
+async def retrying(
+    attempt: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    what: str,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run ``attempt(n)`` until it succeeds or the policy gives up.
+
+    The final error is raised with its ``attempts`` set to the attempts made.
+    """
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(policy.max_attempts)
+    if policy.deadline is not None:
+        stop = stop | tenacity.stop_before_delay(policy.deadline)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        _log_retry(policy, what)(state)
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(exc)
+
+    controller = tenacity.AsyncRetrying(
+        stop=stop,
+        wait=_wait_for(policy),
+        retry=tenacity.retry_if_exception(lambda exc: should_retry(exc, policy)),
+        sleep=_sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    number = 0
+    async for round_ in controller:
+        with round_:
+            number = round_.retry_state.attempt_number
+            try:
+                return await attempt(number)
+            except APIError as exc:
+                exc.attempts = number
+                raise
+    raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
