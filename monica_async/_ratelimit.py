@@ -223,12 +223,13 @@ class RateLimit(_Booking):
 
     def _book(self, now: float) -> float:
         interval = self.interval
+        paused = self._pause.not_before > now
         slot = max(now, self._pause.not_before, self._tat - (self.effective_burst - 1) * interval)
         if len(self._log) >= self.requests:
             slot = max(slot, self._log[-self.requests] + self.per + self.effective_margin)
         if self._log:
             slot = max(slot, self._log[-1])
-        if slot <= self._pause.not_before:
+        if paused and slot <= self._pause.not_before:
             # Resume after a pause paced, not as a herd: the burst allowance starts empty.
             self._tat = max(self._tat, slot + (self.effective_burst - 1) * interval)
         self._tat = max(self._tat, slot) + interval

@@ -1,0 +1,235 @@
+"""The in-process rate limiters: booking arithmetic, pauses, AIMD, validation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+
+import pytest
+
+from monica_async import AdaptiveRateLimit, InvalidRequestError, RateLimit, RateLimiter
+
+
+def max_in_window(times: list[float], per: float) -> int:
+    """The most start times that fall in any half-open window [t, t + per)."""
+    ordered = sorted(times)
+    best = 0
+    j = 0
+    for i, start in enumerate(ordered):
+        while ordered[j] <= start - per:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def book_all(limit: RateLimit, arrivals: list[float]) -> list[float]:
+    """Book one slot per arrival time, the way acquire() does without sleeping."""
+    return [limit._book(now) for now in arrivals]
+
+
+def test_first_window_is_never_exceeded() -> None:
+    """A full burst goes at once, and the next start waits a whole window plus margin."""
+    limit = RateLimit(5, per=1.0, margin=0.01)
+    slots = book_all(limit, [0.0] * 6)
+    assert slots[:5] == [0.0] * 5
+    assert slots[5] == pytest.approx(1.01)
+
+
+@pytest.mark.parametrize("burst", [None, 1, 3, 10])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_sliding_window_holds_more_than_the_limit(burst: int | None, seed: int) -> None:
+    """Whatever the arrival pattern, no window of `per` seconds holds more than `requests`."""
+    rng = random.Random(seed)
+    # A nanosecond of margin keeps float rounding of `t + per` out of the count.
+    limit = RateLimit(10, per=1.0, burst=burst, margin=1e-9)
+    arrivals = sorted(rng.uniform(0, 5) for _ in range(300))
+    slots = book_all(limit, arrivals)
+    assert max_in_window(slots, 1.0) <= 10
+    assert all(slot >= arrival for slot, arrival in zip(slots, arrivals, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("requests", "per", "margin"), [(10, 1.0, 0.0), (60, 60.0, None), (7, 2.0, 0.1)]
+)
+def test_steady_rate_reaches_the_configured_rate(
+    requests: int, per: float, margin: float | None
+) -> None:
+    """Booked back to back, starts run at requests / (per + margin)."""
+    limit = RateLimit(requests, per=per, margin=margin)
+    count = requests * 20
+    slots = book_all(limit, [0.0] * count)
+    window = per + limit.effective_margin
+    expected_span = (count // requests - 1) * window
+    assert slots[-1] == pytest.approx(expected_span)
+    steady = (count - requests) / slots[-1]
+    assert steady == pytest.approx(requests / window)
+
+
+def test_burst_one_spaces_starts_evenly() -> None:
+    """With burst=1 starts are spaced per / requests apart from the first one."""
+    limit = RateLimit(4, per=1.0, burst=1, margin=0.0)
+    slots = book_all(limit, [0.0] * 5)
+    assert slots == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_default_margin_is_one_percent_capped() -> None:
+    """The default margin is 1% of the window, at most half a second."""
+    assert RateLimit(10, per=1.0).effective_margin == pytest.approx(0.01)
+    assert RateLimit(10, per=3600.0).effective_margin == pytest.approx(0.5)
+
+
+async def test_pause_moves_every_booking_behind_it_and_resumes_paced() -> None:
+    """After a 429 nobody starts before the pause ends, and the burst allowance is empty."""
+    limit = RateLimit(10, per=1.0, margin=0.0)
+    pause = await limit.on_rate_limited(2.0, started=time.monotonic())
+    assert 2.0 <= pause <= 2.25
+    now = time.monotonic()
+    slots = book_all(limit, [now] * 3)
+    not_before = limit._pause.not_before
+    assert slots[0] == pytest.approx(not_before)
+    assert slots[1] - slots[0] == pytest.approx(0.1)
+    assert slots[2] - slots[1] == pytest.approx(0.1)
+
+
+async def test_pause_without_retry_after_grows() -> None:
+    """429s without Retry-After pause 1 s, then 2 s, then 4 s; a success resets it."""
+    limit = RateLimit(10)
+    first = await limit.on_rate_limited(None, started=0.0)
+    second = await limit.on_rate_limited(None, started=0.0)
+    third = await limit.on_rate_limited(None, started=0.0)
+    assert (round(first), round(second), round(third)) == (1, 2, 4)
+    await limit.on_success(started=0.0)
+    assert limit._pause.streak == 0
+
+
+async def test_acquire_waits_for_its_slot() -> None:
+    """acquire() really sleeps until the booked start (here half a second)."""
+    limit = RateLimit(2, per=0.5, margin=0.0)
+    began = time.monotonic()
+    waits = [await limit.acquire() for _ in range(3)]
+    assert waits[0] < 0.05
+    assert waits[1] < 0.05
+    assert 0.45 <= time.monotonic() - began < 2.0
+
+
+async def test_acquire_rebooks_when_a_pause_arrives_while_it_sleeps() -> None:
+    """A caller asleep toward its slot queues again behind a pause set meanwhile."""
+    limit = RateLimit(1, per=0.2, margin=0.0)
+    await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0.05)
+    await limit.on_rate_limited(0.5, started=time.monotonic())
+    not_before = limit._pause.not_before
+    await waiter
+    assert time.monotonic() >= not_before
+
+
+async def test_cancelled_acquire_gives_its_slot_back() -> None:
+    """A caller cancelled while waiting does not consume the slot it had booked."""
+    limit = RateLimit(1, per=10.0, margin=0.0)
+    await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert len(limit._log) == 1
+
+
+def test_limiters_satisfy_the_protocol() -> None:
+    """Both in-process limiters are RateLimiter implementations."""
+    assert isinstance(RateLimit(1), RateLimiter)
+    assert isinstance(RateLimit.adaptive(), RateLimiter)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"requests": 0}, "requests must be a positive integer, got 0"),
+        ({"requests": 1.5}, "requests must be a positive integer, got 1.5"),
+        ({"requests": True}, "requests must be a positive integer, got True"),
+        ({"requests": 5, "per": 0}, "per must be a positive number, got 0"),
+        ({"requests": 5, "burst": 6}, "burst must be at most requests (5), got 6"),
+        ({"requests": 5, "burst": 0}, "burst must be a positive integer, got 0"),
+        ({"requests": 5, "margin": -1}, "margin must be >= 0 seconds, got -1"),
+    ],
+)
+def test_invalid_rate_limits_name_the_argument(kwargs: dict[str, object], message: str) -> None:
+    """Bad settings fail at construction with a message naming the argument."""
+    with pytest.raises(InvalidRequestError) as info:
+        RateLimit(**kwargs)  # type: ignore[arg-type]
+    assert str(info.value) == message
+
+
+def test_repr_shows_the_effective_settings() -> None:
+    """repr() shows what the limiter really does, defaults resolved."""
+    assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=60, margin=0.5)"
+
+
+class TestAdaptive:
+    """AIMD: unlimited until a 429, cut once per burst of 429s, additive increase."""
+
+    async def test_unlimited_until_the_first_429(self) -> None:
+        """Without a start rate, bookings never wait."""
+        limit = RateLimit.adaptive()
+        now = time.monotonic()
+        assert limit.rate is None
+        assert [limit._book(now) for _ in range(100)] == [now] * 100
+
+    async def test_first_429_sets_the_rate_to_what_the_server_accepted(self) -> None:
+        """The rate becomes 90% of the successes seen in the last second."""
+        limit = RateLimit.adaptive()
+        started = time.monotonic()
+        for _ in range(20):
+            await limit.on_success(started)
+        await limit.on_rate_limited(1.0, started=started)
+        assert limit.rate == pytest.approx(18.0)
+
+    async def test_a_burst_of_429s_cuts_the_rate_once(self) -> None:
+        """429s answering attempts sent before the cut do not cut again."""
+        limit = RateLimit.adaptive(start=10.0)
+        sent = time.monotonic()
+        for _ in range(5):
+            await limit.on_rate_limited(0.0, started=sent)
+        assert limit.rate == pytest.approx(5.0)
+        await limit.on_rate_limited(0.0, started=time.monotonic())
+        assert limit.rate == pytest.approx(2.5)
+
+    async def test_successes_raise_the_rate_up_to_max(self) -> None:
+        """Each success adds 1/rate, so a second of traffic adds about 1 request/s."""
+        limit = RateLimit.adaptive(start=4.0, max=4.5)
+        for _ in range(4):
+            await limit.on_success(time.monotonic())
+        assert 4.5 == limit.rate
+
+    async def test_starts_are_spaced_at_the_rate(self) -> None:
+        """Bookings are 1/rate apart (no burst)."""
+        limit = RateLimit.adaptive(start=10.0)
+        now = time.monotonic()
+        slots = [limit._book(now) for _ in range(3)]
+        assert [round(b - a, 6) for a, b in itertools.pairwise(slots)] == [0.1, 0.1]
+
+    async def test_rate_never_drops_below_min(self) -> None:
+        """Repeated cuts stop at min_rate."""
+        limit = RateLimit.adaptive(start=1.0, min=0.5)
+        for _ in range(5):
+            await limit.on_rate_limited(0.0, started=time.monotonic())
+        assert 0.5 == limit.rate
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"start": 0}, "start must be a positive number, got 0"),
+            ({"start": 5, "max_rate": 2}, "start (5) must not exceed max (2)"),
+            ({"decrease": 1.0}, "decrease must be between 0 and 1, got 1.0"),
+        ],
+    )
+    def test_invalid_settings_name_the_argument(
+        self, kwargs: dict[str, object], message: str
+    ) -> None:
+        """Bad adaptive settings fail at construction."""
+        with pytest.raises(InvalidRequestError) as info:
+            AdaptiveRateLimit(**kwargs)  # type: ignore[arg-type]
+        assert str(info.value) == message
