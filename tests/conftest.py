@@ -1,0 +1,94 @@
+"""Fixtures shared by the test suite: mocked HTTP, a loopback server, no-sleep retries."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aioresponses import aioresponses
+from aioresponses import core as aioresponses_core
+
+import monica_async
+from monica_async._retry import is_testing
+
+#: A made-up key; tests look for it in logs, reprs and messages to prove it never leaks.
+API_KEY = "sk-test-0123456789abcdef-SECRET"
+
+
+class _CompatResponse(aiohttp.ClientResponse):
+    """``ClientResponse`` that tolerates aioresponses 0.7.9 on aiohttp >= 3.14.
+
+    aiohttp 3.14 made ``stream_writer`` a required keyword of ``ClientResponse``;
+    aioresponses 0.7.9 does not pass it (pnuckowski/aioresponses#289, fix in #288).
+    For a response whose request is already sent, aiohttp only reads
+    ``stream_writer.output_size``, so a stand-in with that one attribute is enough.
+    Remove this shim once an aioresponses release passes the argument itself.
+    """
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+def _aioresponses_needs_shim() -> bool:
+    accepts = inspect.signature(aiohttp.ClientResponse.__init__).parameters
+    passes = inspect.getsource(aioresponses_core.RequestMatch._build_response)
+    return "stream_writer" in accepts and "stream_writer" not in passes
+
+
+@pytest.fixture
+def mock_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[aioresponses]:
+    """Intercept every aiohttp request (use made-up hosts such as https://api.test)."""
+    if _aioresponses_needs_shim():
+        monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
+    with aioresponses() as mocked:
+        yield mocked
+
+
+@pytest.fixture
+def no_retry_sleep() -> Iterator[None]:
+    """Switch retry waits off with ``set_testing(True)``; restore the previous mode after."""
+    previous = is_testing()
+    monica_async.set_testing(True)
+    yield
+    monica_async.set_testing(previous)
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Set ``MONICA_API_KEY`` to a fake key and clear ``MONICA_BASE_URL``; return the key."""
+    monkeypatch.setenv("MONICA_API_KEY", API_KEY)
+    monkeypatch.delenv("MONICA_BASE_URL", raising=False)
+    return API_KEY
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def loopback() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """Start real aiohttp servers on 127.0.0.1 (port 0); return ``start(handler) -> base URL``.
+
+    The handler answers every method and path. Servers stop at teardown without
+    waiting for handlers that are still sleeping.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
