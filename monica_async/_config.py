@@ -103,7 +103,10 @@ class RetryPolicy:
 
     def backoff(self, retry_number: int, jitter: float) -> float:
         """Wait before retry number *retry_number* (1-based) with *jitter* in [0, 1)."""
-        base = min(self.max_backoff, self.initial_backoff * 2 ** (retry_number - 1))
+        # Past 2**1000 the product is at least max_backoff (or inf) anyway; a bigger int
+        # exponent would overflow the conversion to float.
+        growth = 2.0 ** min(retry_number - 1, 1000)
+        base = min(self.max_backoff, self.initial_backoff * growth)
         # "Equal jitter": at least half the backoff, so waits still grow.
         return float(base / 2 + base / 2 * jitter)
 
