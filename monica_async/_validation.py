@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -38,7 +39,8 @@ def validate_image_url(image: Any) -> str:
         raise InvalidRequestError(
             f"image URL must be at most {MAX_URL_LENGTH} characters, got {len(image)}"
         )
-    bad = next((c for c in image if c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F), None)
+    # Category Cc covers the C1 controls (U+0080-U+009F) as well as ASCII's.
+    bad = next((c for c in image if c.isspace() or unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         raise InvalidRequestError(
             f"image URL must not contain spaces or control characters (found {bad!r}); "
