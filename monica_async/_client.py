@@ -197,6 +197,10 @@ class MonicaClient:
         for name in self._extra_headers:
             if name.lower() == "authorization":
                 raise InvalidRequestError("headers must not set Authorization: pass api_key")
+        # Sent with every request, not only set on our own session: an injected session
+        # has a User-Agent of its own. A caller's User-Agent (any case) wins.
+        if not any(name.lower() == "user-agent" for name in self._extra_headers):
+            self._extra_headers = {"User-Agent": USER_AGENT, **self._extra_headers}
         self._session = session
         self._owns_session = session is None
         self._state = _State.UNOPENED
@@ -536,7 +540,9 @@ class MonicaClient:
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
-                    async with session.get(url, timeout=timeout) as response:
+                    async with session.get(
+                        url, headers={"User-Agent": USER_AGENT}, timeout=timeout
+                    ) as response:
                         if response.status != 200:
                             raw = await _read_error_text(response)
                             raise status_error(response.status, raw, response.headers, url=url)
