@@ -612,7 +612,11 @@ def status_error(status: int, raw: str, headers: Mapping[str, str], *, url: str)
 
 
 def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
-    """Map an aiohttp or timeout error to the library's error (the one boundary)."""
+    """Map an aiohttp or timeout error to the library's error (the one boundary).
+
+    The original is redacted in place, since it becomes the ``__cause__``.
+    """
+    _redact_request_info(exc)
     if isinstance(exc, TimeoutError):
         return APITimeoutError(
             f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
@@ -630,3 +634,21 @@ def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
     else:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return APIConnectionError(f"{method} {url} failed: {detail}", method=method, url=url)
+
+
+def _redact_request_info(exc: BaseException) -> None:
+    """Hide the API key that aiohttp keeps in ``ClientResponseError.request_info``.
+
+    Its ``repr`` (shown by debuggers, test runners and ``%r`` logging) prints the
+    request headers, ``Authorization`` included.
+    """
+    if not isinstance(exc, aiohttp.ClientResponseError):
+        return
+    info = exc.request_info
+    if info is None or "Authorization" not in info.headers:
+        return
+    headers = info.headers.copy()
+    headers["Authorization"] = "<redacted>"
+    redacted = info._replace(headers=type(info.headers)(headers))
+    exc.request_info = redacted
+    exc.args = (redacted, exc.history)
