@@ -554,14 +554,17 @@ class MonicaClient:
                         size = 0
                         first = b""
                         async for chunk in response.content.iter_chunked(_CHUNK):
-                            if not first:
-                                first = chunk[:16]
+                            if len(first) < 16:
+                                # The first chunk can be shorter than a signature (WebP's is 12).
+                                first += chunk[: 16 - len(first)]
                             size += len(chunk)
                             if size > limit:
                                 raise _not_downloadable(url, f"is over the {limit}-byte limit")
                             out.write(chunk)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     raise map_transport_error(exc, "GET", url) from exc
+            if size == 0:
+                raise _not_downloadable(url, "is empty")
             if not (content_type.startswith("image/") or _looks_like_image(first)):
                 raise _not_downloadable(
                     url, f"is not an image (content-type {content_type or 'missing'!r})"
