@@ -1,0 +1,278 @@
+"""``monica-upscale``: the command line (``run``, ``demo``, ``serve-fake``).
+
+Run it as ``monica-upscale ...`` or ``python -m monica_async._cli ...``. Exit
+statuses: 0 every input succeeded, 1 some failed, 2 a usage or configuration
+error (one line on stderr), 130 interrupted (SIGINT or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ._cli_options import (
+    DEFAULT_GRACE,
+    InputFormat,
+    RateSpec,
+    RunOptions,
+    ShardSpec,
+    UsageError,
+)
+from ._cli_progress import require_rich
+from ._cli_run import EXIT_INTERRUPTED, EXIT_USAGE, execute, resume_command
+from ._config import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
+from ._validation import ALLOWED_SCALES
+from ._version import __version__
+
+__all__ = ["main"]
+
+PROG = "monica-upscale"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Report *message* in one line and exit with status 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int) -> argparse._ActionType:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(allow_zero: bool) -> argparse._ActionType:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not (value >= 0 if allow_zero else value > 0) or value != value or value == float("inf"):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"must be a number of seconds {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for every subcommand."""
+    parser = _Parser(
+        prog=PROG,
+        description="Upscale images with the Monica API, many at a time.",
+        epilog="Exit status: 0 all succeeded, 1 some failed, 2 usage error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="upscale every URL listed in INPUT",
+        description=(
+            "Upscale every URL listed in INPUT (a text file of URLs, a CSV with a url "
+            "column, or JSON Lines with a url field; - reads stdin), appending one JSON "
+            f"line per input to --output. The API key comes from {API_KEY_ENV} or "
+            "--api-key-file."
+        ),
+    )
+    run.add_argument("input", metavar="INPUT", help="file of URLs, or - for stdin")
+    run.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="results file (JSON Lines)"
+    )
+    run.add_argument("--download-dir", metavar="DIR", help="download each result into DIR")
+    run.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=DEFAULT_MAX_CONCURRENCY,
+        metavar="N",
+        help=f"requests in flight at once (default {DEFAULT_MAX_CONCURRENCY})",
+    )
+    run.add_argument(
+        "--rate",
+        metavar="N/UNIT",
+        help="client-side rate limit, e.g. 60/min, 5/s, 1000/h, 10/30s (default: adaptive)",
+    )
+    run.add_argument(
+        "--scale", type=int, choices=ALLOWED_SCALES, default=2, help="scale factor (default 2)"
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip inputs whose latest line in --output is a success",
+    )
+    run.add_argument(
+        "--shard", metavar="K/N", help="take only inputs whose line number is K modulo N"
+    )
+    run.add_argument(
+        "--redis-url", metavar="URL", help="share --rate between processes through this Redis"
+    )
+    run.add_argument("--base-url", metavar="URL", help="API root (default: MONICA_BASE_URL)")
+    run.add_argument(
+        "--retries", type=_int_at_least(0), metavar="N", help="retries per input (default 3)"
+    )
+    run.add_argument(
+        "--timeout", type=_seconds(False), metavar="S", help="seconds per attempt (default 120)"
+    )
+    run.add_argument(
+        "--api-key-file", metavar="FILE", help=f"read the API key from FILE, not {API_KEY_ENV}"
+    )
+    run.add_argument(
+        "--grace",
+        type=_seconds(True),
+        default=DEFAULT_GRACE,
+        metavar="S",
+        help=f"after Ctrl-C, seconds for requests in flight to finish (default {DEFAULT_GRACE:g})",
+    )
+    run.add_argument(
+        "--input-format",
+        choices=[f.value for f in InputFormat],
+        default="auto",
+        help="format of INPUT (default: from the extension, else from the first line)",
+    )
+    run.add_argument(
+        "--progress",
+        choices=["auto", "bar", "plain"],
+        default="auto",
+        help="progress bar, or plain lines (default: a bar when stdout is a terminal)",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="an offline demonstration against a local fake server",
+        description=(
+            "Start a fake Monica server on 127.0.0.1, make sample pictures and upscale "
+            "them with the real `run` code, showing retries, rate limits and errors; "
+            "write the results and an index.html gallery."
+        ),
+    )
+    demo.add_argument(
+        "--count", type=_int_at_least(4), default=24, metavar="N", help="pictures (default 24)"
+    )
+    demo.add_argument(
+        "--output-dir",
+        default="monica-demo",
+        metavar="DIR",
+        help="where to write the results (default ./monica-demo)",
+    )
+    demo.add_argument("--seed", type=int, default=7, help="seed of the pictures and faults")
+    demo.add_argument(
+        "--progress", choices=["auto", "bar", "plain"], default="auto", help=argparse.SUPPRESS
+    )
+
+    commands.add_parser(
+        "serve-fake",
+        help="run the fake Monica server until Ctrl-C (see serve-fake --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def _api_key(key_file: str | None) -> str:
+    if key_file is not None:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(f"cannot read --api-key-file {key_file!r}: {reason}") from None
+        if not key:
+            raise UsageError(f"--api-key-file {key_file!r} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    if not key:
+        raise UsageError(f"no API key: set {API_KEY_ENV}, or pass --api-key-file FILE")
+    return key
+
+
+def _progress(choice: str) -> bool | None:
+    return {"auto": None, "bar": True, "plain": False}[choice]
+
+
+def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions:
+    """Check the ``run`` arguments and turn them into :class:`RunOptions`."""
+    rate = None if args.rate is None else RateSpec.parse(args.rate)
+    shard = None if args.shard is None else ShardSpec.parse(args.shard)
+    if args.redis_url is not None and rate is None:
+        raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
+    return RunOptions(
+        input=args.input,
+        output=Path(args.output),
+        api_key=_api_key(args.api_key_file),
+        download_dir=None if args.download_dir is None else Path(args.download_dir),
+        concurrency=args.concurrency,
+        rate=rate,
+        scale=args.scale,
+        resume=args.resume,
+        shard=shard,
+        redis_url=args.redis_url,
+        base_url=args.base_url,
+        retries=args.retries,
+        timeout=args.timeout,
+        grace=args.grace,
+        input_format=InputFormat(args.input_format),
+        resume_command=resume_hint,
+        progress_bar=_progress(args.progress),
+    )
+
+
+def _prog_for_hint() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if name.startswith(PROG):
+        return PROG
+    return f"{shlex.quote(sys.executable)} -m monica_async._cli"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with *argv* (default: ``sys.argv[1:]``); return the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve-fake"]:
+        return _serve_fake(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        require_rich()
+        if args.command == "demo":
+            from ._cli_demo import run_demo
+
+            return asyncio.run(
+                run_demo(
+                    count=args.count,
+                    output_dir=Path(args.output_dir),
+                    seed=args.seed,
+                    progress_bar=_progress(args.progress),
+                )
+            )
+        options = run_options(args, resume_command(_prog_for_hint(), args_list))
+        return asyncio.run(execute(options))
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def _serve_fake(argv: list[str]) -> int:
+    try:
+        from .testing import serve_fake_main
+    except ImportError as exc:
+        print(f"{PROG}: error: serve-fake is unavailable: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    return serve_fake_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""The command line's options as values, and the parsers of the compound ones."""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from ._config import DEFAULT_MAX_CONCURRENCY
+
+__all__ = ["InputFormat", "RateSpec", "RunOptions", "ShardSpec", "UsageError"]
+
+DEFAULT_GRACE: Final = 10.0
+#: Seconds between two progress lines when stdout is not a terminal.
+DEFAULT_LOG_INTERVAL: Final = 5.0
+
+_UNITS: Final = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+}
+_RATE: Final = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+?)s?\s*$", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """A usage or configuration error: reported in one line, exit status 2."""
+
+
+class InputFormat(enum.Enum):
+    """How the input lists its URLs."""
+
+    AUTO = "auto"
+    TXT = "txt"
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+@attrs.frozen
+class ShardSpec:
+    """``--shard K/N``: this process takes the inputs whose line number is K modulo N."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> ShardSpec:
+        """Parse ``K/N`` with ``0 <= K < N``.
+
+        Raises:
+            UsageError: *text* is not of that form.
+        """
+        left, sep, right = text.partition("/")
+        try:
+            index, count = int(left), int(right)
+        except ValueError:
+            index = count = -1
+        if not sep or count < 1 or index < 0:
+            raise UsageError(f"--shard must look like K/N with 0 <= K < N, e.g. 0/4, got {text!r}")
+        if index >= count:
+            raise UsageError(
+                f"--shard K/N needs 0 <= K < N (shards are numbered 0 to {count - 1}), got {text!r}"
+            )
+        return cls(index, count)
+
+    def takes(self, line: int) -> bool:
+        """Tell whether the input starting on *line* belongs to this shard."""
+        return line % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@attrs.frozen
+class RateSpec:
+    """``--rate N/unit``: at most *requests* attempts per *per* seconds."""
+
+    requests: int
+    per: float
+
+    @classmethod
+    def parse(cls, text: str) -> RateSpec:
+        """Parse ``60/min``, ``5/s``, ``1000/h``, ``10/30s`` or ``100/1.5min``.
+
+        Raises:
+            UsageError: *text* is not of that form.
+        """
+        match = _RATE.match(text)
+        unit = _UNITS.get(match.group(3).lower()) if match else None
+        if match is None or unit is None:
+            raise UsageError(f"--rate must look like 60/min, 5/s, 1000/h or 10/30s, got {text!r}")
+        requests = int(match.group(1))
+        per = float(match.group(2) or 1) * unit
+        if requests < 1 or per <= 0:
+            raise UsageError(f"--rate needs at least 1 request in a window > 0, got {text!r}")
+        return cls(requests, per)
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.per:g}s"
+
+
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """Everything ``monica-upscale run`` needs, checked.
+
+    Attributes:
+        input: Path of the input, ``-`` for stdin.
+        output: The JSON Lines results file.
+        api_key: The API key (never printed).
+        download_dir: Where to download results; ``None``: no downloads.
+        concurrency: Requests (and downloads) in flight at once.
+        rate: The client-side rate limit; ``None``: adaptive (the client's default).
+        scale: Scale factor.
+        resume: Skip the inputs whose latest record in *output* is a success.
+        shard: Take only this shard of the inputs.
+        redis_url: Share *rate* between processes through this Redis.
+        base_url: The API's root; ``None``: ``MONICA_BASE_URL`` or the real service.
+        retries: Retries per input; ``None``: the client's default.
+        timeout: Seconds per attempt; ``None``: the client's default.
+        grace: Seconds in-flight requests get to finish after Ctrl-C.
+        input_format: The input's format; ``AUTO`` detects it.
+        resume_command: The command that resumes this run, printed on interruption.
+        log_interval: Seconds between progress lines when stdout is not a terminal.
+        progress_bar: Draw a progress bar (``None``: when stdout is a terminal).
+    """
+
+    input: str
+    output: Path
+    api_key: str = attrs.field(repr=False)
+    download_dir: Path | None = None
+    concurrency: int = DEFAULT_MAX_CONCURRENCY
+    rate: RateSpec | None = None
+    scale: int = 2
+    resume: bool = False
+    shard: ShardSpec | None = None
+    redis_url: str | None = attrs.field(default=None, repr=False)
+    base_url: str | None = None
+    retries: int | None = None
+    timeout: float | None = None
+    grace: float = DEFAULT_GRACE
+    input_format: InputFormat = InputFormat.AUTO
+    resume_command: str | None = None
+    log_interval: float = DEFAULT_LOG_INTERVAL
+    progress_bar: bool | None = None

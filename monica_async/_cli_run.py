@@ -1,0 +1,537 @@
+"""``monica-upscale run``: upscale every URL of an input, recording each outcome.
+
+The flow: inputs are streamed from a reader thread (never held in a list) into
+``MonicaClient.upscale_many``; each outcome (and its download, if asked for) is
+appended to the results file as soon as it is known. ``--resume`` skips what the
+results file says succeeded; ``--shard`` keeps one residue class of line numbers.
+
+Stopping: the first SIGINT or SIGTERM stops taking inputs; inputs still waiting for
+the rate limiter (or between retries) are dropped without a record, requests in
+flight get ``grace`` seconds to finish and be recorded; a second signal, or the end
+of the grace period, cancels them. Nothing cancelled is recorded, so ``--resume``
+sends it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import IO, Any, Final, TextIO
+
+from ._cli_inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
+from ._cli_options import RunOptions, UsageError
+from ._cli_output import (
+    ResultLog,
+    download_name,
+    error_fields,
+    input_key,
+    now_iso,
+    problem_record,
+    read_done,
+)
+from ._cli_progress import BarReporter, PlainReporter, Reporter, Tally, summary
+from ._client import MonicaClient
+from ._config import RetryPolicy
+from ._exceptions import (
+    APIError,
+    AuthenticationError,
+    InvalidRequestError,
+    MonicaError,
+    PermissionDeniedError,
+)
+from ._models import Outcome, UpscaleResult
+from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
+from ._stats import ClientStats
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "execute"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
+
+#: Seconds between two refreshes of the progress display.
+TICK: Final = 0.2
+
+
+class _Stopped(MonicaError):
+    """Raised in place of an attempt that had not started when the run was stopped."""
+
+
+class _StoppableLimiter:
+    """Wraps the real limiter so that a stop frees every caller waiting for a slot.
+
+    Those callers have sent nothing (or are between retries): ending them at once
+    is what lets a stopped run wait only for the requests really in flight.
+    """
+
+    def __init__(self, inner: RateLimiter) -> None:
+        self.inner = inner
+        self.stopped = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    async def acquire(self) -> float:
+        """Wait for the inner limiter, unless the run stops first."""
+        if self.stopped.is_set():
+            raise _Stopped("the run was stopped before this attempt started")
+        slot = asyncio.ensure_future(self.inner.acquire())
+        stop = asyncio.ensure_future(self.stopped.wait())
+        try:
+            await asyncio.wait({slot, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not slot.done():
+                slot.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await slot
+        if slot.cancelled():
+            raise _Stopped("the run was stopped before this attempt started")
+        return slot.result()
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Forward to the inner limiter."""
+        return await self.inner.on_rate_limited(retry_after, started)
+
+    async def on_success(self, started: float) -> None:
+        """Forward to the inner limiter."""
+        await self.inner.on_success(started)
+
+    async def aclose(self) -> None:
+        """Forward to the inner limiter."""
+        await self.inner.aclose()
+
+
+def _limiter(options: RunOptions) -> RateLimiter:
+    rate = options.rate
+    if options.redis_url is not None:
+        if rate is None:
+            raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
+        from ._redis import RedisRateLimit
+
+        # One budget per API key, shared by every process using it; the key itself is
+        # never stored, only a digest of it.
+        digest = hashlib.sha256(options.api_key.encode()).hexdigest()[:16]
+        return RedisRateLimit(
+            options.redis_url, rate.requests, per=rate.per, key=f"monica-upscale:{digest}"
+        )
+    if rate is None:
+        return AdaptiveRateLimit()
+    return RateLimit(rate.requests, per=rate.per)
+
+
+def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
+    retry = None if options.retries is None else RetryPolicy(max_attempts=options.retries + 1)
+    kwargs: dict[str, Any] = {}
+    if options.timeout is not None:
+        kwargs["timeout"] = options.timeout
+    return MonicaClient(
+        options.api_key,
+        base_url=options.base_url,
+        retry=retry,
+        max_concurrency=options.concurrency,
+        rate_limit=limiter,
+        **kwargs,
+    )
+
+
+def _success(
+    record: InputRecord, result: UpscaleResult, began: float, path: str | None
+) -> dict[str, Any]:
+    return {
+        "line": record.line,
+        "source": record.source,
+        "ok": True,
+        "result": result.url,
+        "path": path,
+        "attempts": result.attempts,
+        "elapsed": round(time.monotonic() - began, 3),
+        "request_id": result.request_id,
+        "error": None,
+        "time": now_iso(),
+    }
+
+
+def _failure(
+    record: InputRecord,
+    error: MonicaError,
+    began: float,
+    *,
+    stage: str,
+    result: UpscaleResult | None = None,
+) -> dict[str, Any]:
+    if result is not None:
+        attempts, request_id = result.attempts, result.request_id
+    elif isinstance(error, APIError):
+        attempts, request_id = error.attempts, error.request_id
+    else:
+        attempts, request_id = 0, None
+    return {
+        "line": record.line,
+        "source": record.source,
+        "ok": False,
+        "result": None if result is None else result.url,
+        "path": None,
+        "attempts": attempts,
+        "elapsed": round(time.monotonic() - began, 3),
+        "request_id": request_id,
+        "error": error_fields(error, stage),
+        "time": now_iso(),
+    }
+
+
+class _Run:
+    """One execution of ``run``: the state shared by its coroutines."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        source: InputSource,
+        log: ResultLog,
+        client: MonicaClient,
+        limiter: _StoppableLimiter,
+        reporter: Reporter,
+        tally: Tally,
+        done: set[int],
+    ) -> None:
+        self.options = options
+        self.source = source
+        self.log = log
+        self.client = client
+        self.limiter = limiter
+        self.reporter = reporter
+        self.tally = tally
+        self.done = done
+        self.stop = asyncio.Event()
+        self.interrupted = False
+        self.fatal: str | None = None
+        self.taken: dict[int, tuple[InputRecord, float]] = {}
+        self.downloads: set[asyncio.Task[None]] = set()
+        self.download_slots = asyncio.Semaphore(options.concurrency)
+
+    # -- inputs -------------------------------------------------------------------
+
+    def keep(self, record: InputRecord) -> bool:
+        """Tell whether this run handles *record* (runs in the reader thread)."""
+        shard = self.options.shard
+        if shard is not None and not shard.takes(record.line):
+            return False
+        if self.done and input_key(record.line, record.source) in self.done:
+            self.tally.skipped += 1
+            return False
+        return True
+
+    async def urls(self) -> AsyncIterator[str]:
+        """The URLs for ``upscale_many``; remembers which input each batch index is."""
+        index = 0
+        async for record in stream_inputs(self.source, self.keep, self.stop):
+            if record.url is None:
+                self.write(problem_record(record), ok=False, error_type="InputError")
+                continue
+            # upscale_many numbers inputs in the order it pulls them, from 0.
+            self.taken[index] = (record, time.monotonic())
+            index += 1
+            yield record.url
+
+    # -- records ------------------------------------------------------------------
+
+    def write(self, line: dict[str, Any], *, ok: bool, error_type: str = "") -> None:
+        """Append one record and count it."""
+        self.log.write(line)
+        if ok:
+            self.tally.succeeded += 1
+        else:
+            self.tally.failed[error_type] += 1
+
+    def settle(self, outcome: Outcome) -> None:
+        """Record an outcome, or start its download."""
+        record, began = self.taken.pop(outcome.index)
+        error = outcome.error
+        if isinstance(error, _Stopped):
+            return
+        if error is not None:
+            # An input the client refused to send (not a URL) failed at the input stage.
+            stage = "input" if isinstance(error, InvalidRequestError) else "upscale"
+            self.write(
+                _failure(record, error, began, stage=stage),
+                ok=False,
+                error_type=type(error).__name__,
+            )
+            if isinstance(error, AuthenticationError | PermissionDeniedError):
+                self.fail_fast(error)
+            return
+        assert outcome.result is not None
+        if self.options.download_dir is None:
+            self.write(_success(record, outcome.result, began, None), ok=True)
+            return
+        task = asyncio.create_task(self.download(record, outcome.result, began))
+        self.downloads.add(task)
+        task.add_done_callback(self.downloads.discard)
+
+    async def download(self, record: InputRecord, result: UpscaleResult, began: float) -> None:
+        """Download one result and record the input (a failed download fails the input)."""
+        assert self.options.download_dir is not None
+        path = self.options.download_dir / download_name(record.line, record.source, result.url)
+        try:
+            await self.client.download(result, path)
+        except MonicaError as exc:
+            self.write(
+                _failure(record, exc, began, stage="download", result=result),
+                ok=False,
+                error_type=type(exc).__name__,
+            )
+        else:
+            self.write(_success(record, result, began, str(path)), ok=True)
+        finally:
+            self.download_slots.release()
+
+    def fail_fast(self, error: MonicaError) -> None:
+        """Stop after an error that every further request would get too."""
+        if self.fatal is None:
+            self.fatal = f"the API refused the key ({error}); check MONICA_API_KEY"
+            self.request_stop()
+
+    # -- the batch ------------------------------------------------------------------
+
+    async def consume(self) -> None:
+        """Run the batch to its end (or to a stop), then wait for the downloads."""
+        stream = self.client.upscale_many(
+            self.urls(), scale=self.options.scale, workers=self.options.concurrency
+        )
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async for outcome in stream:
+                    if self.options.download_dir is not None and outcome.ok:
+                        # Back-pressure: no more downloads at once than requests.
+                        await self.download_slots.acquire()
+                    self.settle(outcome)
+            if self.downloads:
+                await asyncio.gather(*self.downloads)
+        finally:
+            for task in list(self.downloads):
+                task.cancel()
+            if self.downloads:
+                await asyncio.gather(*self.downloads, return_exceptions=True)
+
+    def request_stop(self) -> None:
+        """Stop taking inputs and free the callers waiting for the rate limiter."""
+        self.stop.set()
+        self.limiter.stopped.set()
+
+    async def ticker(self) -> None:
+        """Refresh the progress display until cancelled."""
+        while True:
+            await asyncio.sleep(TICK)
+            self.reporter.tick(self.client.stats)
+
+
+async def execute(
+    options: RunOptions,
+    *,
+    stdin: IO[bytes] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> int:
+    """Run ``monica-upscale run`` with *options*; return the exit status.
+
+    Usage errors are printed as one line on *err* (exit status 2); nothing raises
+    for them.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        return await _execute(options, stdin, out, err, on_started)
+    except UsageError as exc:
+        print(f"monica-upscale: error: {exc}", file=err, flush=True)
+        return EXIT_USAGE
+
+
+async def _execute(
+    options: RunOptions,
+    stdin: IO[bytes] | None,
+    out: TextIO,
+    err: TextIO,
+    on_started: Callable[[], None] | None,
+) -> int:
+    output = options.output
+    done: set[int] = set()
+    if options.resume:
+        done = read_done(output).done
+    elif output.exists() and output.stat().st_size > 0:
+        raise UsageError(
+            f"--output {str(output)!r} already has results: add --resume to continue that "
+            "run, or choose another file"
+        )
+    if options.download_dir is not None:
+        try:
+            options.download_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create --download-dir {str(options.download_dir)!r}: {exc.strerror or exc}"
+            ) from None
+    inner = _limiter(options)
+    limiter = _StoppableLimiter(inner)
+    try:
+        client = _client(options, limiter)
+    except MonicaError as exc:
+        await inner.aclose()
+        raise UsageError(str(exc)) from None
+    source = open_input(
+        options.input,
+        options.input_format,
+        stdin=sys.stdin.buffer if stdin is None else stdin,
+    )
+    try:
+        log = ResultLog(output)
+    except BaseException:
+        source.close()
+        await client.aclose()
+        await inner.aclose()
+        raise
+    tally = Tally()
+    use_bar = out.isatty() if options.progress_bar is None else options.progress_bar
+    reporter: Reporter = (
+        BarReporter(tally, out) if use_bar else PlainReporter(tally, out, options.log_interval)
+    )
+    run = _Run(options, source, log, client, limiter, reporter, tally, done)
+    try:
+        return await _drive(run, on_started)
+    finally:
+        log.close()
+        source.close()
+        await client.aclose()
+        await inner.aclose()
+
+
+def _describe(run: _Run) -> str:
+    options = run.options
+    parts = [f"Upscaling {options.input!r} ({run.source.format.value})"]
+    if options.shard is not None:
+        parts.append(f"shard {options.shard}")
+    if options.rate is not None:
+        parts.append(f"rate {options.rate}")
+    parts.append(f"concurrency {options.concurrency}")
+    if run.done:
+        parts.append(f"resuming: {len(run.done)} already done")
+    return ", ".join(parts) + f"; results to {str(options.output)!r}"
+
+
+def _count_in_background(run: _Run) -> None:
+    """Count the inputs of a regular file in a daemon thread; set the total when done."""
+    loop = asyncio.get_running_loop()
+    source = run.source
+    shard = run.options.shard
+    done = run.done
+
+    def keep(record: InputRecord) -> bool:
+        if shard is not None and not shard.takes(record.line):
+            return False
+        return not (done and input_key(record.line, record.source) in done)
+
+    def count() -> None:
+        try:
+            total = count_inputs(source.name, source.format, source.url_column, keep)
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed first
+            loop.call_soon_threadsafe(run.reporter.set_total, total)
+
+    threading.Thread(target=count, name="monica-input-counter", daemon=True).start()
+
+
+async def _drive(run: _Run, on_started: Callable[[], None] | None) -> int:
+    loop = asyncio.get_running_loop()
+    options = run.options
+    run.reporter.start(_describe(run))
+    if run.source.regular_file:
+        _count_in_background(run)
+    consumer = asyncio.create_task(run.consume(), name="monica-upscale-run")
+    ticker = asyncio.create_task(run.ticker(), name="monica-upscale-progress")
+    grace_timer: asyncio.TimerHandle | None = None
+
+    def on_signal(name: str) -> None:
+        nonlocal grace_timer
+        if run.interrupted:
+            run.reporter.note(f"{name} again: cancelling the requests in flight")
+            consumer.cancel()
+            return
+        run.interrupted = True
+        run.request_stop()
+        run.reporter.note(
+            f"{name}: taking no more inputs; waiting up to {options.grace:g}s for the "
+            f"{run.client.stats.in_flight} request(s) in flight (send it again to cancel them)"
+        )
+        grace_timer = loop.call_later(options.grace, consumer.cancel)
+
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal, signum.name)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+            continue
+        installed.append(signum)
+    if on_started is not None:
+        on_started()
+    failure: UsageError | None = None
+    try:
+        await consumer
+    except asyncio.CancelledError:
+        if not run.interrupted:
+            raise
+    except UsageError as exc:
+        failure = exc
+    except MonicaError as exc:
+        failure = UsageError(str(exc))
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if grace_timer is not None:
+            grace_timer.cancel()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        stats: ClientStats = run.client.stats
+        run.reporter.stop(stats)
+    run.log.close()
+    for line in summary(
+        run.tally,
+        stats,
+        output=str(options.output),
+        download_dir=None if options.download_dir is None else str(options.download_dir),
+        interrupted=run.interrupted,
+    ):
+        run.reporter.note(line)
+    if failure is not None:
+        raise failure
+    if run.fatal is not None:
+        raise UsageError(run.fatal)
+    if run.interrupted:
+        if options.resume_command:
+            run.reporter.note(f"To resume, run:\n  {options.resume_command}")
+        return EXIT_INTERRUPTED
+    if run.tally.failures:
+        if options.resume_command:
+            run.reporter.note(
+                f"{run.tally.failures} input(s) failed; to retry only those, run:\n"
+                f"  {options.resume_command}"
+            )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def resume_command(prog: str, argv: list[str]) -> str:
+    """The command line that resumes the run started with *argv*."""
+    import shlex
+
+    args = list(argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join([*shlex.split(prog), *args])
