@@ -14,6 +14,7 @@ from aioresponses import aioresponses
 from aioresponses import core as aioresponses_core
 
 import monica_async
+from monica_async import _retry
 from monica_async._retry import is_testing
 
 #: A made-up key; tests look for it in logs, reprs and messages to prove it never leaks.
@@ -65,6 +66,52 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MONICA_API_KEY", API_KEY)
     monkeypatch.delenv("MONICA_BASE_URL", raising=False)
     return API_KEY
+
+
+class Unlimited:
+    """A :class:`~monica_async.RateLimiter` that never waits and records the 429s it hears.
+
+    The client's default limiter pauses in real time after a 429 (``set_testing``
+    only removes retry waits); tests of retries use this one to stay instant.
+    """
+
+    def __init__(self) -> None:
+        self.rate_limited: list[float | None] = []
+        self.successes = 0
+
+    async def acquire(self) -> float:
+        """Never wait."""
+        return 0.0
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Record the server's ``Retry-After``."""
+        self.rate_limited.append(retry_after)
+        return 0.0
+
+    async def on_success(self, started: float) -> None:
+        """Count accepted attempts."""
+        self.successes += 1
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+@pytest.fixture
+def unlimited() -> Unlimited:
+    """A rate limiter that never waits (see :class:`Unlimited`)."""
+    return Unlimited()
+
+
+@pytest.fixture
+def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the seconds each retry asks to sleep, instead of sleeping."""
+    waits: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(_retry, "_sleep", record)
+    return waits
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
