@@ -1,0 +1,509 @@
+"""RedisRateLimit: one rate limit shared by every process that uses the same key.
+
+The limit lives in Redis and every operation on it is one call of a Lua script
+(``_redis_script.lua``), loaded once with ``SCRIPT LOAD`` and run with ``EVALSHA``.
+The script reads the Redis server's clock, so the clocks of the machines sharing
+the limit never matter: they only ever receive durations.
+
+``redis`` is an optional dependency (the ``redis`` extra): this module imports it
+only when a :class:`RedisRateLimit` is created, so that ``import monica_async``
+works without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Coroutine
+from importlib import resources
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
+
+import attrs
+
+from ._exceptions import InvalidRequestError, MonicaError, RateLimiterUnavailableError
+from ._ratelimit import DEFAULT_PAUSE, MAX_PAUSE, RateLimit
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["DEFAULT_PREFIX", "RedisRateLimit"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("monica_async")
+
+#: Where the limit's keys live: ``<prefix>{<key>}:state``, ``:log`` and ``:peers``.
+DEFAULT_PREFIX: Final = "monica-async:ratelimit:"
+DEFAULT_KEY: Final = "default"
+#: Seconds one Redis call may take before Redis counts as unavailable.
+DEFAULT_TIMEOUT: Final = 1.0
+#: Limiters assumed to share the key when Redis never answered (fallback = 1/4).
+DEFAULT_PEERS: Final = 4
+
+SCRIPT: Final = resources.files("monica_async").joinpath("_redis_script.lua").read_text("utf-8")
+
+_INSTALL_HINT: Final = 'RedisRateLimit needs the redis package: pip install "monica-async[redis]"'
+# After Redis fails, it is tried again after this back-off, doubled up to the maximum.
+_RETRY_FIRST: Final = 0.25
+_RETRY_MAX: Final = 5.0
+# A pause that starts during a wait this short cannot be told apart from one that
+# starts just after the attempt: asking Redis again would cost more than it saves.
+_RECHECK_AFTER: Final = 0.002
+_US: Final = 1_000_000
+
+
+def _import_redis() -> Any:
+    try:
+        import redis.asyncio
+        import redis.asyncio.retry
+        import redis.backoff
+    except ImportError as exc:
+        raise ModuleNotFoundError(_INSTALL_HINT, name="redis") from exc
+    return redis
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@attrs.frozen
+class _Booking:
+    """The script's answer to a booking: how long to wait, and for which slot."""
+
+    wait: float
+    epoch: int
+    member: str
+    streak: int
+    peers: int
+    pause_left: float
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> _Booking:
+        wait, epoch, member, streak, peers, pause_left = reply
+        return cls(
+            wait=int(wait) / _US,
+            epoch=int(epoch),
+            member=_text(member),
+            streak=int(streak),
+            peers=int(peers),
+            pause_left=int(pause_left) / _US,
+        )
+
+
+@attrs.define(eq=False)
+class _Script:
+    """The Lua script bound to one limit's keys and numbers: one round trip per call."""
+
+    client: Any
+    keys: tuple[str, str, str]
+    shape: RateLimit
+    peer: str
+    noscript: type[Exception]
+    _sha: str | None = attrs.field(default=None, init=False)
+
+    async def _call(self, mode: str, *args: object) -> Any:
+        shape = self.shape
+        argv = (
+            mode,
+            shape.requests,
+            repr(shape.per * _US),
+            repr(shape.effective_margin * _US),
+            shape.effective_burst,
+            *args,
+        )
+        if self._sha is None:
+            self._sha = _text(await self.client.script_load(SCRIPT))
+        try:
+            return await self.client.evalsha(self._sha, len(self.keys), *self.keys, *argv)
+        except self.noscript:
+            # The server lost its scripts (restart, failover, SCRIPT FLUSH): load again.
+            self._sha = _text(await self.client.script_load(SCRIPT))
+            return await self.client.evalsha(self._sha, len(self.keys), *self.keys, *argv)
+
+    async def book(self, member: str, held: _Booking | None = None) -> _Booking:
+        """Book a slot for *member*, or confirm *held* after its caller slept."""
+        extra = ("", "") if held is None else (held.member, held.epoch)
+        reply = await self._call("book", member, self.peer, *extra)
+        return _Booking.from_reply(reply)
+
+    async def pause(self, retry_after: float | None, u: float) -> tuple[float, int, int]:
+        """Move the shared pause; return (seconds left, epoch, streak)."""
+        after = "" if retry_after is None else repr(max(0.0, retry_after) * _US)
+        left, epoch, streak = await self._call(
+            "pause", after, repr(u), repr(DEFAULT_PAUSE * _US), repr(MAX_PAUSE * _US)
+        )
+        return int(left) / _US, int(epoch), int(streak)
+
+    async def success(self) -> None:
+        """End a streak of 429s."""
+        await self._call("success")
+
+    async def cancel(self, member: str) -> bool:
+        """Give back the slot booked for *member*."""
+        return bool(await self._call("cancel", member))
+
+
+class _Unavailable(Exception):
+    """Redis could not be used for this call (internal; never escapes)."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@attrs.define(eq=False, repr=False)
+class RedisRateLimit:
+    """A :class:`RateLimit` shared through Redis by every process that uses *key*.
+
+    At most *requests* attempts start in any *per* seconds, summed over every
+    client, process and machine that uses the same Redis and the same *key*, and a
+    429 seen by any of them pauses all of them. The algorithm is
+    :class:`RateLimit`'s (a sliding log plus GCRA), run atomically inside Redis on
+    the Redis server's clock: one script call books a start time and says how long
+    to wait; a caller that waited asks once more on waking, so that a pause set
+    meanwhile is honoured.
+
+    Args:
+        redis: A ``redis://`` (or ``rediss://``, ``unix://``) URL, or a
+            ``redis.asyncio.Redis`` client. A client made from a URL is closed by
+            :meth:`aclose`; a client passed in is never closed.
+        requests: Attempts allowed per window, across all sharers.
+        per: Window length in seconds.
+        burst: Attempts that may start back to back (default: *requests*).
+        margin: Seconds added to every window for network jitter (default: 1% of
+            *per*, at most 0.5 s), as for :class:`RateLimit`.
+        key: The name of the shared limit: everyone using the same name (and the
+            same numbers) shares one budget. A name, not the API key: it is stored
+            in Redis in clear.
+        prefix: Prefix of the Redis keys.
+        on_unavailable: What to do while Redis cannot be reached or times out:
+            ``"local"`` (default) falls back to an in-process :class:`RateLimit` at
+            *fallback_fraction* of the rate, logging one warning, until Redis is
+            back; ``"fail"`` raises :class:`RateLimiterUnavailableError` from
+            :meth:`acquire`, so no request is sent.
+        fallback_fraction: Share of the rate each limiter takes while Redis is
+            unavailable. Default: ``1 / N`` for the *N* limiters that used *key*
+            during the last window before Redis went away (``1 / 4`` if Redis
+            never answered).
+        timeout: Seconds one Redis call may take.
+
+    Raises:
+        InvalidRequestError: An argument is invalid.
+        ModuleNotFoundError: The ``redis`` package is not installed.
+
+    Use one instance per event loop; close it with :meth:`aclose` or ``async with``.
+    """
+
+    redis: str | Redis
+    requests: int
+    per: float = 1.0
+    burst: int | None = attrs.field(default=None, kw_only=True)
+    margin: float | None = attrs.field(default=None, kw_only=True)
+    key: str = attrs.field(default=DEFAULT_KEY, kw_only=True)
+    prefix: str = attrs.field(default=DEFAULT_PREFIX, kw_only=True)
+    on_unavailable: Literal["fail", "local"] = attrs.field(default="local", kw_only=True)
+    fallback_fraction: float | None = attrs.field(default=None, kw_only=True)
+    timeout: float = attrs.field(default=DEFAULT_TIMEOUT, kw_only=True)
+
+    _shape: RateLimit = attrs.field(init=False)
+    _client: Any = attrs.field(init=False)
+    _owns_client: bool = attrs.field(init=False)
+    _script: _Script = attrs.field(init=False)
+    _errors: tuple[type[BaseException], ...] = attrs.field(init=False)
+    _members: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
+    _closed: bool = attrs.field(init=False, default=False)
+    # What the last answers said, for the fallback and for on_success.
+    _peers: int | None = attrs.field(init=False, default=None)
+    _streak: int = attrs.field(init=False, default=0)
+    _paused_until: float = attrs.field(init=False, default=0.0)
+    # Availability: set while Redis is unavailable.
+    _down_since: float | None = attrs.field(init=False, default=None)
+    _reason: str = attrs.field(init=False, default="")
+    _retry_at: float = attrs.field(init=False, default=0.0)
+    _backoff: float = attrs.field(init=False, default=_RETRY_FIRST)
+    _probing: bool = attrs.field(init=False, default=False)
+    _fallback: RateLimit | None = attrs.field(init=False, default=None)
+    _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
+
+    def __attrs_post_init__(self) -> None:
+        lib = _import_redis()
+        self._shape = RateLimit(self.requests, self.per, burst=self.burst, margin=self.margin)
+        if not isinstance(self.key, str) or not self.key:
+            raise InvalidRequestError(f"key must be a non-empty string, got {self.key!r}")
+        if not isinstance(self.prefix, str):
+            raise InvalidRequestError(f"prefix must be a string, got {self.prefix!r}")
+        if self.on_unavailable not in ("fail", "local"):
+            raise InvalidRequestError(
+                f"on_unavailable must be 'fail' or 'local', got {self.on_unavailable!r}"
+            )
+        fraction = self.fallback_fraction
+        if fraction is not None and (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, int | float)
+            or not 0 < fraction <= 1
+        ):
+            raise InvalidRequestError(
+                f"fallback_fraction must be in (0, 1], e.g. 1/N for N processes, got {fraction!r}"
+            )
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, int | float)
+            or not self.timeout > 0
+        ):
+            raise InvalidRequestError(f"timeout must be a positive number, got {self.timeout!r}")
+        if isinstance(self.redis, str):
+            retry = lib.asyncio.retry.Retry(lib.backoff.NoBackoff(), 1)
+            try:
+                # One immediate retry reconnects a pooled connection Redis dropped; the
+                # back-off between outages is ours.
+                self._client = lib.asyncio.Redis.from_url(
+                    self.redis,
+                    socket_timeout=self.timeout,
+                    socket_connect_timeout=self.timeout,
+                    retry=retry,
+                )
+            except ValueError as exc:
+                raise InvalidRequestError(
+                    f"redis must be a URL such as 'redis://localhost:6379/0' ({exc})"
+                ) from None
+            self._owns_client = True
+        elif isinstance(self.redis, lib.asyncio.Redis):
+            self._client = self.redis
+            self._owns_client = False
+        else:
+            raise InvalidRequestError(
+                "redis must be a URL such as 'redis://localhost:6379/0' or a "
+                f"redis.asyncio.Redis client, got {type(self.redis).__name__}"
+            )
+        tag = f"{self.prefix}{{{self.key}}}"  # one hash tag: one cluster slot for all three
+        self._script = _Script(
+            client=self._client,
+            keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers"),
+            shape=self._shape,
+            peer=uuid.uuid4().hex,
+            noscript=lib.exceptions.NoScriptError,
+        )
+        self._errors = (lib.exceptions.RedisError, OSError, TimeoutError)
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimit({self.requests}, per={self.per}, "
+            f"burst={self._shape.effective_burst}, margin={self._shape.effective_margin}, "
+            f"key={self.key!r}, on_unavailable={self.on_unavailable!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The Redis keys that hold the limit (they expire on their own)."""
+        return self._script.keys
+
+    @property
+    def available(self) -> bool:
+        """``False`` while Redis is considered unavailable."""
+        return self._down_since is None
+
+    # -- the RateLimiter protocol ---------------------------------------------------
+
+    async def acquire(self) -> float:
+        """Wait until one more attempt may start; return the seconds waited.
+
+        Raises:
+            RateLimiterUnavailableError: Redis is unavailable and *on_unavailable*
+                is ``"fail"``.
+        """
+        if self._closed:
+            raise MonicaError("this RedisRateLimit is closed; create a new one")
+        began = time.monotonic()
+        member = self._next_member()
+        try:
+            booking = await self._run(self._script.book(member))
+        except _Unavailable as exc:
+            await self._acquire_locally(exc)
+            return time.monotonic() - began
+        except BaseException:
+            self._give_back(member)  # cancelled while Redis may have booked it
+            raise
+        while booking.wait > 0:
+            try:
+                await asyncio.sleep(booking.wait + self._jitter())
+            except BaseException:
+                self._give_back(booking.member)
+                raise
+            if booking.wait < _RECHECK_AFTER:
+                break
+            try:
+                booking = await self._run(self._script.book(self._next_member(), booking))
+            except _Unavailable as exc:
+                if self.on_unavailable == "fail":
+                    raise self._unavailable_error(exc) from exc.__cause__
+                # The slot was booked before Redis went away: it is still ours.
+                break
+        return time.monotonic() - began
+
+    async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
+        """Pause every sharer of the key after a 429: ``Retry-After`` or a growing default.
+
+        Returns:
+            The pause, in seconds from now.
+        """
+        try:
+            left, _, streak = await self._run(self._script.pause(retry_after, random.random()))
+        except _Unavailable:
+            return await self._local().on_rate_limited(retry_after, started)
+        self._streak = streak
+        self._note_pause(left)
+        return left
+
+    async def on_success(self, started: float) -> None:
+        """Report an accepted attempt: ends a streak of 429s (a Redis call only then)."""
+        if self._fallback is not None:
+            await self._fallback.on_success(started)
+        if self._streak > 0:
+            self._streak = 0
+            with contextlib.suppress(_Unavailable):
+                await self._run(self._script.success())
+
+    async def aclose(self) -> None:
+        """Close the Redis client made from a URL (not one passed in). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._owns_client:
+            await self._client.aclose()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _next_member(self) -> str:
+        return f"{self._script.peer}:{next(self._members)}"
+
+    def _jitter(self) -> float:
+        # Tiny, and bounded by a tenth of the margin, so that it can never eat the
+        # margin that keeps two windows from merging at the server.
+        return random.uniform(0.0, min(self._shape.effective_margin / 10, 0.001))
+
+    def _note_pause(self, left: float) -> None:
+        if left > 0:
+            self._paused_until = max(self._paused_until, time.monotonic() + left)
+
+    async def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        """Await one script call, tracking whether Redis is available.
+
+        While Redis is unavailable, a call is made only once the back-off is over
+        and no other call is already probing; the others fail at once.
+        """
+        probing = self._down_since is not None
+        if probing and (self._probing or time.monotonic() < self._retry_at):
+            call.close()
+            raise _Unavailable(self._reason)
+        if probing:
+            self._probing = True
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call
+        except self._errors as exc:
+            self._went_down(exc, probing)
+            raise _Unavailable(self._reason) from exc
+        finally:
+            if probing:
+                self._probing = False
+        if isinstance(result, _Booking):
+            self._peers = result.peers
+            self._streak = result.streak
+            self._note_pause(result.pause_left)
+        if self._down_since is not None:
+            logger.info(
+                "rate limit %r: Redis is reachable again after %.1fs; the limit is shared again",
+                self.key,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+            self._fallback = None
+        return result
+
+    def _went_down(self, exc: BaseException, probing: bool) -> None:
+        now = time.monotonic()
+        self._reason = _describe(exc)
+        if self._down_since is None:
+            self._down_since = now
+            self._backoff = _RETRY_FIRST
+            if self.on_unavailable == "local":
+                local = self._local()
+                what = f"falling back to a local limit of {local.requests} per {local.per}s"
+            else:
+                what = "acquisitions fail (on_unavailable='fail')"
+            logger.warning(
+                "rate limit %r: Redis is unavailable (%s); %s until it is back",
+                self.key,
+                self._reason,
+                what,
+            )
+        elif probing:
+            self._backoff = min(2 * self._backoff, _RETRY_MAX)
+        else:
+            return  # a call that started before the outage was noticed
+        # Jittered, so that the processes sharing the key do not all probe at once.
+        self._retry_at = now + self._backoff * random.uniform(1.0, 1.25)
+
+    def _local(self) -> RateLimit:
+        """The in-process limit used while Redis is unavailable (made on first need)."""
+        if self._fallback is None:
+            fraction = self.fallback_fraction
+            if fraction is None:
+                fraction = 1 / (self._peers or DEFAULT_PEERS)
+            share = max(1, math.floor(self.requests * fraction + 1e-9))
+            burst = min(self._shape.effective_burst, share)
+            self._fallback = RateLimit(share, self.per, burst=burst, margin=self.margin)
+        return self._fallback
+
+    async def _acquire_locally(self, exc: _Unavailable) -> None:
+        if self.on_unavailable == "fail":
+            raise self._unavailable_error(exc) from exc.__cause__
+        local = self._local()
+        left = self._paused_until - time.monotonic()
+        if left > 0:
+            # A pause Redis announced before it went away still stands.
+            self._paused_until = 0.0
+            await local.on_rate_limited(left, time.monotonic())
+        await local.acquire()
+
+    def _unavailable_error(self, exc: _Unavailable) -> RateLimiterUnavailableError:
+        return RateLimiterUnavailableError(
+            f"the shared rate limit {self.key!r} is unavailable: Redis failed ({exc}); "
+            "no request was sent (on_unavailable='fail'; pass on_unavailable='local' "
+            "to fall back to a local limit while Redis is away)"
+        )
+
+    def _give_back(self, member: str) -> None:
+        """Hand back the slot of a caller that gave up, without making it wait."""
+        if self._closed or self._down_since is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._cancel(member))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel(self, member: str) -> None:
+        # Failing here only costs a little throughput: the slot goes unused.
+        with contextlib.suppress(_Unavailable):
+            await self._run(self._script.cancel(member))
