@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument(
-        "--count", type=_int_at_least(4), default=24, metavar="N", help="pictures (default 24)"
+        "--count", type=_int_at_least(6), default=24, metavar="N", help="pictures (default 24)"
     )
     demo.add_argument(
         "--output-dir",

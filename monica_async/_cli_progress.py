@@ -82,8 +82,8 @@ def format_seconds(seconds: float) -> str:
 
 def _detail(tally: Tally, stats: ClientStats) -> str:
     return (
-        f"ok {tally.succeeded}  failed {tally.failures}  retries {stats.retries}  "
-        f"429s {stats.rate_limited}  {tally.rate():.1f}/s"
+        f"ok {tally.succeeded} failed {tally.failures} retries {stats.retries} "
+        f"429s {stats.rate_limited} {tally.rate():.1f}/s"
     )
 
 
@@ -153,18 +153,16 @@ class BarReporter(Reporter):
             MofNCompleteColumn,
             Progress,
             TextColumn,
-            TimeElapsedColumn,
             TimeRemainingColumn,
         )
 
+        # Narrow enough for an 80-column terminal: rich truncates what does not fit.
         self._progress: Progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
             TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(compact=True),
             console=Console(file=out),
             refresh_per_second=5,
         )
