@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._models import Outcome, UpscaleResult
 from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
+from ._redis import RedisRateLimit
 from ._retry import set_testing
 from ._stats import ClientStats
 from ._validation import ALLOWED_SCALES
@@ -60,6 +61,7 @@ __all__ = [
     "RateLimitError",
     "RateLimiter",
     "RateLimiterUnavailableError",
+    "RedisRateLimit",
     "RetryPolicy",
     "UnprocessableEntityError",
     "UpscaleResult",
