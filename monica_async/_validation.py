@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import unicodedata
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ ALLOWED_SCALES: Final[tuple[int, ...]] = (2,)
 #: Longer URLs are refused: proxies and servers commonly cap request lines near 8 KiB.
 MAX_URL_LENGTH: Final = 8192
 
-_LOOPBACK_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK_HOSTS: Final = frozenset({"localhost"})
 
 
 def validate_scale(scale: Any) -> int:
@@ -64,7 +65,16 @@ def is_loopback_host(host: str | None) -> bool:
     if host is None:
         return False
     host = host.strip("[]").lower()
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        # A name is not an address: "127.example.com" is somebody else's machine.
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def _short(value: Any, limit: int = 80) -> str:
