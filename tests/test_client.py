@@ -148,7 +148,10 @@ def test_base_url_must_be_absolute_http(api_key: str, base_url: str) -> None:
         MonicaClient(base_url=base_url)
 
 
-@pytest.mark.parametrize("base_url", ["http://api.test", "http://10.0.0.1:8080", "HTTP://api.test"])
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://api.test", "http://10.0.0.1:8080", "HTTP://api.test", "http://127.0.0.1.nip.io"],
+)
 def test_plain_http_refused_for_remote_hosts(api_key: str, base_url: str) -> None:
     """Plain http to a non-loopback host is refused and the fix is named."""
     with pytest.raises(InvalidRequestError, match="allow_insecure_http"):
