@@ -545,7 +545,9 @@ class MonicaClient:
                     ) as response:
                         if response.status != 200:
                             raw = await _read_error_text(response)
-                            raise status_error(response.status, raw, response.headers, url=url)
+                            raise status_error(
+                                response.status, raw, response.headers, url=url, method="GET"
+                            )
                         if response.content_length is not None and response.content_length > limit:
                             raise _not_downloadable(
                                 url, f"is {response.content_length} bytes, over the {limit} limit"
@@ -588,7 +590,9 @@ def _not_downloadable(url: str, why: str) -> APIResponseValidationError:
     return APIResponseValidationError(f"the download from {url[:200]} {why}", method="GET", url=url)
 
 
-def status_error(status: int, raw: str, headers: Mapping[str, str], *, url: str) -> APIStatusError:
+def status_error(
+    status: int, raw: str, headers: Mapping[str, str], *, url: str, method: str = "POST"
+) -> APIStatusError:
     """Build the error for a non-200 answer; reading the body never raises."""
     code, message = parse_error_body(raw)
     request_id = _request_id(headers)
@@ -605,6 +609,7 @@ def status_error(status: int, raw: str, headers: Mapping[str, str], *, url: str)
         code=code,
         body=raw,
         retry_after=_retry.parse_retry_after(headers),
+        method=method,
         url=url,
         request_id=request_id,
     )
