@@ -128,3 +128,9 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A redis:// URL on loopback where nothing listens."""
+    return f"redis://127.0.0.1:{free_port()}/0"

@@ -1,0 +1,763 @@
+"""RedisRateLimit: one limit shared through a real redis-server.
+
+The script's arithmetic is checked on the exact start times it stores (microseconds
+on the Redis clock); the limiter's behaviour with waits and generous bounds only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio
+import redis.exceptions
+from aiohttp import web
+from conftest import API_KEY
+
+from monica_async import (
+    InvalidRequestError,
+    MonicaClient,
+    MonicaError,
+    RateLimit,
+    RateLimiter,
+    RateLimitError,
+    RateLimiterUnavailableError,
+    RetryPolicy,
+)
+from monica_async._redis import DEFAULT_PREFIX, SCRIPT, RedisRateLimit, _Script
+
+if TYPE_CHECKING:
+    from conftest_redis import RedisServer
+
+pytest_plugins = ["conftest_redis"]
+pytestmark = pytest.mark.redis
+
+US = 1_000_000
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def unique_key() -> str:
+    """A fresh limit name, so that no two tests share a budget."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def script_for(
+    client: redis.asyncio.Redis,
+    requests: int,
+    per: float,
+    *,
+    burst: int | None = None,
+    margin: float | None = None,
+    key: str | None = None,
+) -> _Script:
+    """The Lua script bound to fresh keys, called directly (no limiter around it)."""
+    tag = f"{DEFAULT_PREFIX}{{{key or unique_key()}}}"
+    return _Script(
+        client=client,
+        keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers"),
+        shape=RateLimit(requests, per, burst=burst, margin=margin),
+        peer="test-peer",
+        noscript=redis.exceptions.NoScriptError,
+    )
+
+
+async def slot_of(script: _Script, member: str) -> float:
+    """The start time booked for *member*, in microseconds of the Redis clock."""
+    score = await script.client.zscore(script.keys[1], member)
+    assert score is not None, f"{member} is not booked"
+    return float(score)
+
+
+@pytest.fixture
+async def limits(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisRateLimit]]:
+    """Make RedisRateLimits on the test's redis-server; all are closed after the test."""
+    made: list[RedisRateLimit] = []
+
+    def make(requests: int, per: float = 1.0, **options: Any) -> RedisRateLimit:
+        options.setdefault("key", "shared")
+        limit = RedisRateLimit(options.pop("url", redis_server.url), requests, per, **options)
+        made.append(limit)
+        return limit
+
+    yield make
+    for limit in made:
+        await limit.aclose()
+
+
+def ok_handler(counter: list[web.Request]) -> Handler:
+    """A Monica stand-in that accepts every request and counts them."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        counter.append(request)
+        return web.json_response({"image": "https://cdn.example/out.png"})
+
+    return handle
+
+
+# -- the script's arithmetic ----------------------------------------------------------
+
+
+async def test_a_full_burst_starts_at_once(redis_client: redis.asyncio.Redis) -> None:
+    """With burst = requests (the default), the first window's starts need no wait."""
+    script = script_for(redis_client, 5, 10.0)
+
+    waits = [(await script.book(f"m{i}")).wait for i in range(5)]
+
+    assert [0.0] * 5 == waits
+
+
+@pytest.mark.parametrize(("margin", "expected_margin"), [(None, 0.1), (0.25, 0.25), (0.0, 0.0)])
+async def test_a_full_window_books_the_next_start_one_window_and_margin_later(
+    redis_client: redis.asyncio.Redis, margin: float | None, expected_margin: float
+) -> None:
+    """The (requests+1)-th start is booked exactly ``per + margin`` after the first."""
+    script = script_for(redis_client, 5, 10.0, margin=margin)
+    for i in range(5):
+        await script.book(f"m{i}")
+
+    sixth = await script.book("m5")
+
+    expected = await slot_of(script, "m0") + (10.0 + expected_margin) * US
+    assert expected == await slot_of(script, "m5")
+    assert 9.0 + expected_margin < sixth.wait <= 10.0 + expected_margin
+
+
+async def test_gcra_spaces_starts_once_the_burst_is_spent(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """requests=4 per 4 s with burst=2: two starts at once, then one per second exactly."""
+    script = script_for(redis_client, 4, 4.0, burst=2)
+    for i in range(4):
+        await script.book(f"m{i}")
+    first = await slot_of(script, "m0")
+
+    slots = [await slot_of(script, f"m{i}") - first for i in (2, 3)]
+
+    assert [1.0 * US, 2.0 * US] == slots
+
+
+async def test_burst_one_spaces_every_start_evenly(redis_client: redis.asyncio.Redis) -> None:
+    """burst=1 books start n at exactly ``n * per / requests`` after the first."""
+    script = script_for(redis_client, 3, 3.0, burst=1)
+    for i in range(3):
+        await script.book(f"m{i}")
+    first = await slot_of(script, "m0")
+
+    offsets = [await slot_of(script, f"m{i}") - first for i in range(3)]
+
+    assert [0.0, 1.0 * US, 2.0 * US] == offsets
+
+
+async def test_a_long_idle_period_restores_the_whole_burst(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """After a window of silence the next burst starts at once again."""
+    script = script_for(redis_client, 3, 0.2)
+    for i in range(3):
+        await script.book(f"old{i}")
+    await asyncio.sleep(0.35)
+
+    waits = [(await script.book(f"new{i}")).wait for i in range(3)]
+
+    assert [0.0] * 3 == waits
+
+
+async def test_the_log_keeps_only_the_last_window(redis_client: redis.asyncio.Redis) -> None:
+    """Starts older than one window are trimmed: after a quiet window, a booking leaves
+    only itself in the log, however many came before."""
+    script = script_for(redis_client, 3, 0.1)
+    for i in range(12):
+        booking = await script.book(f"m{i}")
+        await asyncio.sleep(booking.wait)
+    await asyncio.sleep(0.2)
+
+    await script.book("last")
+
+    assert [b"last"] == await redis_client.zrange(script.keys[1], 0, -1)
+
+
+async def test_a_pause_delays_the_next_booking_to_its_end(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """After a 429 with Retry-After, the next start is booked exactly at the pause's end."""
+    script = script_for(redis_client, 5, 10.0)
+    left, _, _ = await script.pause(0.5, u=0.0)
+
+    booking = await script.book("m0")
+
+    not_before = float(await redis_client.hget(script.keys[0], "nb") or "nan")
+    assert not_before == await slot_of(script, "m0")
+    assert 0.4 < left <= 0.5
+    assert 0.3 < booking.wait <= 0.5
+
+
+async def test_a_pause_only_ever_moves_later(redis_client: redis.asyncio.Redis) -> None:
+    """A shorter Retry-After heard after a longer one neither shortens the pause nor
+    counts as a move."""
+    script = script_for(redis_client, 5, 10.0)
+    await script.pause(2.0, u=0.0)
+    before = await redis_client.hget(script.keys[0], "nb")
+
+    left, epoch, _ = await script.pause(0.5, u=0.0)
+
+    assert before == await redis_client.hget(script.keys[0], "nb")
+    assert 1 == epoch
+    assert left > 1.5
+
+
+async def test_the_default_pause_doubles_with_each_429_in_a_row(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """Without Retry-After the pause is 1 s, then 2 s, then 4 s."""
+    script = script_for(redis_client, 5, 10.0)
+
+    lefts = [round((await script.pause(None, u=0.0))[0]) for _ in range(3)]
+
+    assert [1, 2, 4] == lefts
+
+
+async def test_a_success_ends_the_streak_of_429s(redis_client: redis.asyncio.Redis) -> None:
+    """After a success the default pause starts again from 1 s (the shared pause stays)."""
+    script = script_for(redis_client, 5, 10.0)
+    await script.pause(None, u=0.0)
+    await script.pause(None, u=0.0)
+    await script.success()
+    await redis_client.hset(script.keys[0], "nb", 0)  # let the earlier pause end now
+
+    left, _, streak = await script.pause(None, u=0.0)
+
+    assert (1, 1) == (round(left), streak)
+
+
+async def test_after_a_pause_starts_resume_paced_not_as_a_burst(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """The burst allowance starts empty after a pause: one interval between starts."""
+    script = script_for(redis_client, 5, 5.0)
+    await script.pause(0.2, u=0.0)
+
+    await script.book("m0")
+    await script.book("m1")
+
+    assert 1.0 * US == await slot_of(script, "m1") - await slot_of(script, "m0")
+
+
+async def test_a_held_booking_stands_when_the_pause_did_not_move(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A caller waking up keeps its slot: the confirmation books nothing new."""
+    script = script_for(redis_client, 1, 10.0)
+    await script.book("m0")
+    held = await script.book("m1")
+
+    confirmed = await script.book("m2", held)
+
+    assert ("m1", 0.0) == (confirmed.member, confirmed.wait)
+    assert 2 == await redis_client.zcard(script.keys[1])
+
+
+async def test_a_held_booking_is_moved_behind_a_new_pause(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A pause set while a caller slept gives its slot back and books one after the pause."""
+    script = script_for(redis_client, 5, 10.0)
+    held = await script.book("m0")
+    await script.pause(1.0, u=0.0)
+
+    moved = await script.book("m1", held)
+
+    assert "m1" == moved.member
+    assert 0.8 < moved.wait <= 1.0
+    assert await redis_client.zscore(script.keys[1], "m0") is None
+
+
+async def test_cancel_gives_a_slot_back(redis_client: redis.asyncio.Redis) -> None:
+    """A cancelled booking leaves the log, so that the next caller may take its place."""
+    script = script_for(redis_client, 1, 10.0)
+    await script.book("m0")
+    await script.book("m1")
+
+    assert await script.cancel("m1")
+    assert [b"m0"] == await redis_client.zrange(script.keys[1], 0, -1)
+
+
+async def test_times_keep_microsecond_precision(redis_client: redis.asyncio.Redis) -> None:
+    """Stored times are exact to the microsecond (Lua's own number printing keeps 14 digits)."""
+    script = script_for(redis_client, 1, 1.0, burst=1, margin=0.0)
+    await script.book("m0")
+    await script.book("m1")
+
+    gap = await slot_of(script, "m1") - await slot_of(script, "m0")
+
+    assert 1.0 * US == gap
+
+
+async def test_a_call_with_the_wrong_arguments_fails_loudly(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """The script refuses a call it does not understand instead of limiting wrongly."""
+    with pytest.raises(redis.exceptions.ResponseError, match="bad call"):
+        await redis_client.eval(SCRIPT, 3, "a", "b", "c", "book", 1, 1, 0, 1)
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+async def test_every_key_is_set_to_expire(limits: Callable[..., RedisRateLimit]) -> None:
+    """Each write gives every key a TTL of about one window past what it holds."""
+    limit = limits(2, 0.5)
+    await limit.acquire()
+    await limit.on_rate_limited(0.4, time.monotonic())
+    client = redis.asyncio.Redis.from_url(limit.redis)  # type: ignore[arg-type]
+    try:
+        ttls = {key.rsplit(":", 1)[1]: await client.pttl(key) for key in limit.keys}
+    finally:
+        await client.aclose()
+
+    assert set(ttls) == {"state", "log", "peers"}
+    assert all(0 < ttl <= 2000 for ttl in ttls.values()), ttls
+    assert ttls["state"] > 500  # the pause and one window after it
+
+
+async def test_nothing_is_left_one_window_after_the_pause(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """Once the pause and one window have passed, Redis holds no key of the limit."""
+    limit = limits(2, 0.3)
+    for _ in range(3):
+        await limit.acquire()
+    await limit.on_rate_limited(0.3, time.monotonic())
+
+    await asyncio.sleep(0.3 + 0.3 + 0.5)
+
+    assert 0 == await redis_client.exists(*limit.keys)
+    assert [] == [key async for key in redis_client.scan_iter()]
+
+
+async def test_key_names_name_the_limit_never_the_api_key(
+    limits: Callable[..., RedisRateLimit],
+    redis_client: redis.asyncio.Redis,
+    loopback: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """After real traffic, every key is ``<prefix>{<key>}:...`` and no key, field or
+    member holds the API key."""
+    base_url = await loopback(ok_handler([]))
+    limit = limits(5, 1.0, key="monica:prod")
+    async with MonicaClient(API_KEY, base_url=base_url, rate_limit=limit) as client:
+        await client.upscale_all([f"https://img.example/{i}.png" for i in range(3)])
+        await limit.on_rate_limited(0.1, time.monotonic())
+
+    keys = sorted([key.decode() async for key in redis_client.scan_iter()])
+    stored = [*keys]
+    for key in keys:
+        if key.endswith(":state"):
+            stored += [str(v) for v in (await redis_client.hgetall(key)).items()]
+        else:
+            stored += [str(m) for m in await redis_client.zrange(key, 0, -1)]
+
+    expected = [
+        f"monica-async:ratelimit:{{monica:prod}}:{name}" for name in ("log", "peers", "state")
+    ]
+    assert expected == keys
+    assert [] == [text for text in stored if API_KEY in text]
+
+
+async def test_the_prefix_is_configurable(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """``prefix`` replaces the default prefix of every key."""
+    limit = limits(5, 1.0, key="k", prefix="myapp:limits:")
+
+    await limit.acquire()
+
+    keys = sorted([key.decode() async for key in redis_client.scan_iter()])
+    assert ["myapp:limits:{k}:log", "myapp:limits:{k}:peers", "myapp:limits:{k}:state"] == keys
+
+
+# -- the script in Redis: SCRIPT LOAD once, EVALSHA, reload after NOSCRIPT -------------
+
+
+async def script_calls(client: redis.asyncio.Redis) -> dict[str, int]:
+    """How many times Redis ran SCRIPT LOAD and EVALSHA (INFO commandstats)."""
+    stats = await client.info("commandstats")
+    return {
+        name: stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+        for name in ("script|load", "evalsha", "eval")
+    }
+
+
+async def test_the_script_is_loaded_once_then_run_by_its_sha(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """Ten acquisitions without waiting: one SCRIPT LOAD, ten EVALSHA, no EVAL."""
+    limit = limits(10, 1.0)
+
+    for _ in range(10):
+        await limit.acquire()
+
+    assert {"script|load": 1, "evalsha": 10, "eval": 0} == await script_calls(redis_client)
+
+
+async def test_the_script_is_reloaded_after_script_flush(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """SCRIPT FLUSH in the middle: the next acquisition reloads the script and books."""
+    limit = limits(10, 1.0)
+    await limit.acquire()
+    await redis_client.script_flush()
+
+    await limit.acquire()
+
+    assert 2 == await redis_client.zcard(limit.keys[1])
+    assert 2 == (await script_calls(redis_client))["script|load"]
+
+
+# -- sharing --------------------------------------------------------------------------
+
+
+async def test_limiters_on_the_same_key_share_one_window(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """Two limiters (two clients) on one key: the third start waits for the next window."""
+    first, second = limits(2, 0.5), limits(2, 0.5)
+    await first.acquire()
+    await second.acquire()
+
+    waited = await first.acquire()
+
+    assert 0.4 < waited < 5.0
+
+
+async def test_limiters_on_different_keys_do_not_share(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """Another key is another budget."""
+    first, second = limits(1, 30.0, key="a"), limits(1, 30.0, key="b")
+    await first.acquire()
+
+    waited = await second.acquire()
+
+    assert waited < 5.0
+
+
+async def test_a_429_heard_by_one_limiter_pauses_the_others(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """The pause lives in Redis: a limiter that never saw the 429 waits for it too."""
+    heard, other = limits(100, 1.0), limits(100, 1.0)
+
+    await heard.on_rate_limited(0.5, time.monotonic())
+    waited = await other.acquire()
+
+    assert 0.4 < waited < 5.0
+
+
+async def test_a_sleeper_queues_behind_a_pause_set_while_it_slept(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """A caller that booked before the 429 does not start inside the pause."""
+    heard, sleeper = limits(1, 0.4), limits(1, 0.4)
+    await heard.acquire()
+    waiting = asyncio.create_task(sleeper.acquire())  # booked ~0.4 s ahead
+    await asyncio.sleep(0.1)
+
+    await heard.on_rate_limited(1.0, time.monotonic())
+    waited = await waiting
+
+    assert 1.0 < waited < 6.0
+
+
+async def test_a_cancelled_acquisition_gives_its_slot_back(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """Cancelling a caller that sleeps until its slot removes the slot from the log."""
+    limit = limits(1, 10.0)
+    await limit.acquire()
+    waiting = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0.2)
+    assert 2 == await redis_client.zcard(limit.keys[1])
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.2)
+
+    assert 1 == await redis_client.zcard(limit.keys[1])
+
+
+async def test_a_client_with_a_redis_limit_shares_its_429_pause(
+    limits: Callable[..., RedisRateLimit],
+    loopback: Callable[[Handler], Awaitable[str]],
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """MonicaClient reports a 429 to the limiter, which writes the pause to Redis."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.json_response(
+            {"error": {"code": "rate_limit_exceeded", "message": "slow down"}},
+            status=429,
+            headers={"Retry-After": "3"},
+        )
+
+    limit = limits(10, 1.0)
+    base_url = await loopback(handle)
+    once = RetryPolicy(max_attempts=1)
+    async with MonicaClient(API_KEY, base_url=base_url, rate_limit=limit, retry=once) as client:
+        with pytest.raises(RateLimitError):
+            await client.upscale("https://img.example/a.png")
+
+    state = await redis_client.hgetall(limit.keys[0])
+    assert (b"1", b"1") == (state[b"epoch"], state[b"streak"])
+    assert 2.0 < await redis_client.pttl(limit.keys[0]) / 1000 < 10.0
+
+
+# -- Redis unavailable ----------------------------------------------------------------
+
+
+async def test_fail_closed_raises_and_names_the_option(
+    limits: Callable[..., RedisRateLimit], dead_redis_url: str
+) -> None:
+    """on_unavailable='fail': acquire raises RateLimiterUnavailableError with the fix."""
+    limit = limits(5, 1.0, url=dead_redis_url, on_unavailable="fail")
+
+    with pytest.raises(RateLimiterUnavailableError, match="on_unavailable='local'"):
+        await limit.acquire()
+
+
+async def test_fail_closed_sends_no_request_and_every_input_gets_the_error(
+    limits: Callable[..., RedisRateLimit],
+    dead_redis_url: str,
+    loopback: Callable[[Handler], Awaitable[str]],
+) -> None:
+    """In a batch, each input's outcome is the limiter's error and the server hears nothing."""
+    seen: list[web.Request] = []
+    base_url = await loopback(ok_handler(seen))
+    limit = limits(5, 1.0, url=dead_redis_url, on_unavailable="fail")
+    urls = [f"https://img.example/{i}.png" for i in range(6)]
+
+    async with MonicaClient(API_KEY, base_url=base_url, rate_limit=limit) as client:
+        outcomes = await client.upscale_all(urls)
+
+    assert list(range(6)) == [outcome.index for outcome in outcomes]
+    assert all(isinstance(o.error, RateLimiterUnavailableError) for o in outcomes)
+    assert [] == seen
+
+
+async def test_local_fallback_keeps_limiting_and_warns_once(
+    limits: Callable[..., RedisRateLimit],
+    dead_redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """on_unavailable='local': a local limit at fallback_fraction of the rate, one warning."""
+    limit = limits(4, 0.5, url=dead_redis_url, fallback_fraction=0.5)
+    caplog.set_level(logging.INFO, logger="monica_async")
+
+    waits = [await limit.acquire() for _ in range(3)]
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 == len(warnings)
+    assert "local limit of 2 per 0.5s" in warnings[0].getMessage()
+    assert waits[0] < 0.5 < waits[2] < 5.0  # 2 per window: the third waits a window
+
+
+async def test_the_default_fallback_shares_the_rate_among_the_limiters_seen(
+    limits: Callable[..., RedisRateLimit],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without fallback_fraction, each of the N limiters that its last booking saw on
+    the key takes 1/N."""
+    first, second = limits(10, 5.0), limits(10, 5.0)
+    await second.acquire()
+    await first.acquire()  # sees two limiters
+    redis_server.stop()
+    caplog.set_level(logging.WARNING, logger="monica_async")
+
+    await first.acquire()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 == len(warnings)
+    assert "local limit of 5 per 5.0s" in warnings[0]
+
+
+async def test_without_ever_reaching_redis_the_fallback_takes_a_quarter(
+    limits: Callable[..., RedisRateLimit],
+    dead_redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With no count of the sharers, the fallback assumes four."""
+    limit = limits(20, 5.0, url=dead_redis_url)
+    caplog.set_level(logging.WARNING, logger="monica_async")
+
+    await limit.acquire()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 == len(warnings)
+    assert "local limit of 5 per 5.0s" in warnings[0]
+
+
+async def test_redis_is_tried_again_only_after_a_back_off(
+    limits: Callable[..., RedisRateLimit], dead_redis_url: str
+) -> None:
+    """Twenty acquisitions in a burst while Redis is away try Redis once, not twenty times."""
+    client = redis.asyncio.Redis.from_url(dead_redis_url)
+    tries: list[float] = []
+    original = client.script_load
+
+    async def counting_load(script: str) -> Any:
+        tries.append(time.monotonic())
+        return await original(script)
+
+    client.script_load = counting_load  # type: ignore[method-assign,assignment]
+    limit = limits(100, 1.0, url=client)
+    try:
+        for _ in range(20):
+            await limit.acquire()
+    finally:
+        await client.aclose()
+
+    assert 1 == len(tries)
+
+
+async def test_the_shared_limit_comes_back_by_itself(
+    limits: Callable[..., RedisRateLimit],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis stopped then started again: the limiter falls back, then shares again."""
+    limit = limits(100, 1.0)
+    await limit.acquire()
+    redis_server.stop()
+    await limit.acquire()
+    assert not limit.available
+    redis_server.start()
+    caplog.set_level(logging.INFO, logger="monica_async")
+
+    for _ in range(100):  # the back-off is well under a second
+        await asyncio.sleep(0.05)
+        await limit.acquire()
+        if limit.available:
+            break
+
+    assert limit.available
+    assert any("reachable again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_redis_that_does_not_answer_times_out(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """A server that accepts connections but never answers counts as unavailable."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answer; returns when the client hangs up
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limit = limits(5, 1.0, url=f"redis://127.0.0.1:{port}/0", on_unavailable="fail", timeout=0.2)
+    began = time.monotonic()
+    try:
+        with pytest.raises(RateLimiterUnavailableError, match=r"timed out|Timeout"):
+            await limit.acquire()
+    finally:
+        server.close()
+
+    assert time.monotonic() - began < 10.0
+
+
+# -- construction and lifecycle -------------------------------------------------------
+
+
+def test_it_is_a_rate_limiter(redis_server: RedisServer) -> None:
+    """RedisRateLimit implements the RateLimiter protocol the client accepts."""
+    assert isinstance(RedisRateLimit(redis_server.url, 1), RateLimiter)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"requests": 0}, "requests must be a positive integer"),
+        ({"per": -1}, "per must be a positive number"),
+        ({"burst": 9}, "burst must be at most requests"),
+        ({"margin": -0.1}, "margin must be >= 0"),
+        ({"key": ""}, "key must be a non-empty string"),
+        ({"on_unavailable": "open"}, "on_unavailable must be 'fail' or 'local'"),
+        ({"fallback_fraction": 0}, r"fallback_fraction must be in \(0, 1\]"),
+        ({"fallback_fraction": 1.5}, r"fallback_fraction must be in \(0, 1\]"),
+        ({"timeout": 0}, "timeout must be a positive number"),
+        ({"redis": "http://localhost:6379"}, "redis must be a URL such as"),
+        ({"redis": 6379}, "redis must be a URL such as .* got int"),
+    ],
+)
+def test_invalid_options_are_refused_by_name(options: dict[str, Any], message: str) -> None:
+    """Each invalid option raises InvalidRequestError naming it."""
+    arguments: dict[str, Any] = {"redis": "redis://127.0.0.1:1/0", "requests": 5, **options}
+
+    with pytest.raises(InvalidRequestError, match=message):
+        RedisRateLimit(**arguments)
+
+
+def test_repr_shows_the_limit_not_the_redis_password() -> None:
+    """The URL (and any password in it) stays out of the repr."""
+    limit = RedisRateLimit("redis://:hunter2@127.0.0.1:1/0", 60, 60.0, key="monica:prod")
+
+    assert (
+        "RedisRateLimit(60, per=60.0, burst=60, margin=0.5, key='monica:prod', "
+        "on_unavailable='local')"
+    ) == repr(limit)
+
+
+async def test_a_client_passed_in_is_not_closed(redis_client: redis.asyncio.Redis) -> None:
+    """aclose() leaves a redis.asyncio.Redis it was given usable."""
+    limit = RedisRateLimit(redis_client, 5, key=unique_key())
+    await limit.acquire()
+
+    await limit.aclose()
+
+    assert await redis_client.ping()
+
+
+async def test_a_closed_limiter_refuses_to_acquire(
+    limits: Callable[..., RedisRateLimit],
+) -> None:
+    """After aclose() (idempotent) acquire raises instead of reconnecting."""
+    limit = limits(5, 1.0)
+    await limit.acquire()
+    await limit.aclose()
+    await limit.aclose()
+
+    with pytest.raises(MonicaError, match="closed"):
+        await limit.acquire()
+
+
+def test_import_monica_async_does_not_need_redis() -> None:
+    """With redis unimportable, the package imports and RedisRateLimit says what to install."""
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import monica_async\n"
+        "assert 'RedisRateLimit' in monica_async.__all__\n"
+        "try:\n"
+        "    monica_async.RedisRateLimit('redis://localhost', 1)\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+        check=False,
+    )
+
+    assert (0, "") == (done.returncode, done.stderr)
+    assert 'pip install "monica-async[redis]"' in done.stdout
