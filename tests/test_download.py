@@ -1,0 +1,405 @@
+"""download(): atomic, checked, capped, unauthenticated and retried, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aioresponses import aioresponses
+
+from monica_async import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APITimeoutError,
+    InvalidRequestError,
+    MonicaClient,
+    NotFoundError,
+    PermissionDeniedError,
+    RetryPolicy,
+    UpscaleResult,
+)
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+Start = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
+
+
+@pytest.fixture
+async def client(api_key: str, no_retry_sleep: None) -> AsyncIterator[MonicaClient]:
+    """A client that retries downloads twice at most, without sleeping."""
+    async with MonicaClient(base_url="https://api.test", retry=RetryPolicy(max_attempts=2)) as api:
+        yield api
+
+
+def files_in(folder: Path) -> list[str]:
+    """Names in *folder*, hidden temporary files included."""
+    return sorted(path.name for path in folder.iterdir())
+
+
+def image_handler(
+    body: bytes = PNG, content_type: str = "image/png", seen: list[web.Request] | None = None
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A handler that answers every request with *body*."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if seen is not None:
+            seen.append(request)
+        return web.Response(body=body, content_type=content_type)
+
+    return handler
+
+
+async def no_type_handler(request: web.Request) -> web.StreamResponse:
+    """Answer with bytes and no Content-Type at all (aiohttp's server would add one)."""
+    assert request.transport is not None
+    request.transport.write(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nplain bytes"
+    )
+    request.transport.close()
+    return web.Response()
+
+
+async def dropping_handler(request: web.Request) -> web.StreamResponse:
+    """Promise 100 kB, send 1 kB, then close the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "image/png", "Content-Length": "100000"})
+    await response.prepare(request)
+    await response.write(PNG[:1000])
+    assert request.transport is not None
+    request.transport.close()
+    return response
+
+
+# -- success -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_result", [True, False])
+@pytest.mark.parametrize("as_str", [True, False])
+async def test_download_writes_the_image_and_returns_the_path(
+    loopback: Start, client: MonicaClient, tmp_path: Path, as_result: bool, as_str: bool
+) -> None:
+    """The image lands at the path (folders created), which is returned as a Path."""
+    url = await loopback(image_handler()) + "/out/cat.png"
+    target = tmp_path / "nested" / "cat@2x.png"
+    source: UpscaleResult | str = (
+        UpscaleResult(url=url, source="https://images.test/cat.png", scale=2) if as_result else url
+    )
+    path = await client.download(source, str(target) if as_str else target)
+    assert (target, PNG, ["cat@2x.png"]) == (path, target.read_bytes(), files_in(target.parent))
+
+
+async def test_download_sends_no_authorization(
+    loopback: Start, client: MonicaClient, tmp_path: Path, api_key: str
+) -> None:
+    """The image host never sees the API key; it sees the library's User-Agent."""
+    seen: list[web.Request] = []
+    url = await loopback(image_handler(seen=seen)) + "/cat.png"
+    await client.download(url, tmp_path / "cat.png")
+    [request] = seen
+    assert "Authorization" not in request.headers
+    assert api_key not in str(dict(request.headers))
+    assert request.headers["User-Agent"].startswith("monica-async/")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        PNG,
+        b"\xff\xd8\xff\xe0" + bytes(64),
+        b"GIF89a" + bytes(64),
+        b"GIF87a" + bytes(64),
+        b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(64),
+        b"BM" + bytes(64),
+        b"II*\x00" + bytes(64),
+        b"MM\x00*" + bytes(64),
+    ],
+)
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "binary/octet-stream"])
+async def test_image_recognised_by_magic_bytes(
+    loopback: Start, client: MonicaClient, tmp_path: Path, body: bytes, content_type: str
+) -> None:
+    """Without an image/* content type, a known image signature is enough."""
+    url = await loopback(image_handler(body, content_type)) + "/x"
+    path = await client.download(url, tmp_path / "x.img")
+    assert body == path.read_bytes()
+
+
+async def test_signature_split_across_chunks_is_recognised(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A first chunk shorter than the signature does not hide it (WebP, 12 bytes)."""
+    body = b"RIFF\x00\x10\x00\x00WEBPVP8 " + bytes(4096)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await response.write(body[:4])
+        await asyncio.sleep(0.05)
+        await response.write(body[4:])
+        await response.write_eof()
+        return response
+
+    url = await loopback(handler) + "/x.webp"
+    path = await client.download(url, tmp_path / "x.webp")
+    assert body == path.read_bytes()
+
+
+async def test_download_follows_redirects(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A download may be redirected (storage hosts do): it carries no credentials."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path == "/short":
+            raise web.HTTPFound("/real/cat.png")
+        return await image_handler()(request)
+
+    url = await loopback(handler) + "/short"
+    path = await client.download(url, tmp_path / "cat.png")
+    assert PNG == path.read_bytes()
+
+
+# -- refusals ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "says"),
+    [
+        (b"<html>not found</html>", "text/html", "is not an image (content-type 'text/html')"),
+        (b'{"error": "x"}', "application/json", "is not an image"),
+        (b"plain bytes", "application/octet-stream", "is not an image"),
+        (b"", "image/png", "is empty"),
+    ],
+)
+async def test_not_an_image_is_refused_and_nothing_is_left(
+    loopback: Start,
+    client: MonicaClient,
+    tmp_path: Path,
+    body: bytes,
+    content_type: str,
+    says: str,
+) -> None:
+    """A body that is not an image raises and leaves neither file nor temporary file."""
+    url = await loopback(image_handler(body, content_type)) + "/x.png"
+    with pytest.raises(APIResponseValidationError, match="download") as caught:
+        await client.download(url, tmp_path / "x.png")
+    assert says in str(caught.value)
+    assert ("GET", url, []) == (caught.value.method, caught.value.url, files_in(tmp_path))
+
+
+async def test_body_without_content_type_and_signature_is_refused(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """No Content-Type and no known signature: refused, saying the type is missing."""
+    url = await loopback(no_type_handler) + "/x.png"
+    with pytest.raises(APIResponseValidationError, match="content-type 'missing'"):
+        await client.download(url, tmp_path / "x.png")
+    assert [] == files_in(tmp_path)
+
+
+async def test_size_cap_from_content_length(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A declared size over max_bytes is refused before reading, without retry."""
+    seen: list[web.Request] = []
+    url = await loopback(image_handler(PNG, seen=seen)) + "/big.png"
+    with pytest.raises(APIResponseValidationError) as caught:
+        await client.download(url, tmp_path / "big.png", max_bytes=1000)
+    assert f"is {len(PNG)} bytes, over the 1000 limit" in str(caught.value)
+    assert (1, []) == (len(seen), files_in(tmp_path))
+
+
+async def test_size_cap_while_streaming(
+    loopback: Start, api_key: str, no_retry_sleep: None, tmp_path: Path
+) -> None:
+    """A chunked body that grows past the client's max_download_bytes is cut off."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for _ in range(3):
+            await response.write(PNG[:1000])
+        await response.write_eof()
+        return response
+
+    url = await loopback(handler) + "/big.png"
+    async with MonicaClient(max_download_bytes=2500) as client:
+        with pytest.raises(APIResponseValidationError, match="over the 2500-byte limit"):
+            await client.download(url, tmp_path / "big.png")
+    assert [] == files_in(tmp_path)
+
+
+async def test_size_cap_allows_exactly_the_limit(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """An image of exactly max_bytes is accepted."""
+    url = await loopback(image_handler(PNG)) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png", max_bytes=len(PNG))
+    assert PNG == path.read_bytes()
+
+
+async def test_plain_http_to_remote_host_refused(
+    mock_http: aioresponses, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A plain-http download from a non-loopback host is refused before any request."""
+    with pytest.raises(InvalidRequestError, match="allow_insecure_http"):
+        await client.download("http://cdn.test/x.png", tmp_path / "x.png")
+    assert ({}, []) == (mock_http.requests, files_in(tmp_path))
+
+
+async def test_plain_http_allowed_when_asked(
+    mock_http: aioresponses, api_key: str, tmp_path: Path
+) -> None:
+    """With allow_insecure_http=True a plain-http download is made."""
+    mock_http.get("http://cdn.test/x.png", body=PNG, content_type="image/png")
+    async with MonicaClient(allow_insecure_http=True) as client:
+        path = await client.download("http://cdn.test/x.png", tmp_path / "x.png")
+    assert PNG == path.read_bytes()
+
+
+@pytest.mark.parametrize("url", ["not a url", "/relative.png", "ftp://cdn.test/x.png", ""])
+async def test_invalid_download_url_refused(
+    mock_http: aioresponses, client: MonicaClient, tmp_path: Path, url: str
+) -> None:
+    """An invalid URL raises InvalidRequestError and sends nothing."""
+    with pytest.raises(InvalidRequestError):
+        await client.download(url, tmp_path / "x.png")
+    assert {} == mock_http.requests
+
+
+# -- failures: never a partial file ----------------------------------------------------
+
+
+async def test_connection_dropped_mid_body_leaves_nothing(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A body cut short raises APIConnectionError (after retries) and leaves no file at all."""
+    count: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        count.append(1)
+        return await dropping_handler(request)
+
+    url = await loopback(handler) + "/x.png"
+    with pytest.raises(APIConnectionError) as caught:
+        await client.download(url, tmp_path / "x.png")
+    assert (2, 2, []) == (caught.value.attempts, len(count), files_in(tmp_path))
+
+
+async def test_failed_download_keeps_the_existing_file(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A failure leaves whatever was at the destination untouched."""
+    target = tmp_path / "x.png"
+    target.write_bytes(b"previous")
+    url = await loopback(dropping_handler) + "/x.png"
+    with pytest.raises(APIConnectionError):
+        await client.download(url, target)
+    assert (b"previous", ["x.png"]) == (target.read_bytes(), files_in(tmp_path))
+
+
+async def test_successful_download_replaces_the_existing_file(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A complete download replaces the destination in one rename."""
+    target = tmp_path / "x.png"
+    target.write_bytes(b"previous")
+    url = await loopback(image_handler()) + "/x.png"
+    await client.download(url, target)
+    assert (PNG, ["x.png"]) == (target.read_bytes(), files_in(tmp_path))
+
+
+async def test_transient_failure_is_retried(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A 503 from the image host is retried and the download then succeeds."""
+    count: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        count.append(1)
+        if len(count) == 1:
+            return web.Response(status=503, text="busy")
+        return await image_handler()(request)
+
+    url = await loopback(handler) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    assert (PNG, 2, ["x.png"]) == (path.read_bytes(), len(count), files_in(tmp_path))
+
+
+async def test_not_found_is_not_retried(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A 404 (an expired result URL) raises NotFoundError after one request."""
+    count: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        count.append(1)
+        return web.Response(status=404, text="<Error><Code>NoSuchKey</Code></Error>")
+
+    url = await loopback(handler) + "/x.png"
+    with pytest.raises(NotFoundError) as caught:
+        await client.download(url, tmp_path / "x.png")
+    assert ("GET", 1, []) == (caught.value.method, len(count), files_in(tmp_path))
+    assert "NoSuchKey" in caught.value.body
+
+
+async def test_slow_body_times_out_and_leaves_nothing(
+    loopback: Start, api_key: str, tmp_path: Path
+) -> None:
+    """A per-call timeout cuts a stalled body off: APITimeoutError and no file."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(PNG[:100])
+        await asyncio.sleep(30)
+        return response
+
+    url = await loopback(handler) + "/x.png"
+    async with MonicaClient(retry=RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(APITimeoutError):
+            await client.download(url, tmp_path / "x.png", timeout=0.3)
+    assert [] == files_in(tmp_path)
+
+
+async def test_cancelled_download_leaves_nothing(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """Cancelling a download halfway removes its temporary file."""
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(PNG[:100])
+        started.set()
+        await asyncio.sleep(30)
+        return response
+
+    url = await loopback(handler) + "/x.png"
+    task = asyncio.create_task(client.download(url, tmp_path / "x.png"))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [] == files_in(tmp_path)
+
+
+async def test_download_error_attributes(
+    mock_http: aioresponses, client: MonicaClient, tmp_path: Path, api_key: str
+) -> None:
+    """A refused download's error names the GET and the URL, never the key."""
+    mock_http.get("https://cdn.test/x.png", status=403, body="denied", repeat=True)
+    with pytest.raises(PermissionDeniedError) as caught:
+        await client.download("https://cdn.test/x.png", tmp_path / "x.png")
+    error = caught.value
+    assert ("GET", "https://cdn.test/x.png", 403, 1) == (
+        error.method,
+        error.url,
+        error.status,
+        error.attempts,
+    )
+    assert api_key not in repr(error)
