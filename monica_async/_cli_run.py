@@ -116,12 +116,17 @@ def _limiter(options: RunOptions) -> RateLimiter:
             raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
         from ._redis import RedisRateLimit
 
-        # One budget per API key, shared by every process using it; the key itself is
-        # never stored, only a digest of it.
+        # One budget per API key, shared by every process using it; Redis stores the
+        # name in clear, so it holds a digest of the key, never the key.
         digest = hashlib.sha256(options.api_key.encode()).hexdigest()[:16]
-        return RedisRateLimit(
-            options.redis_url, rate.requests, per=rate.per, key=f"monica-upscale:{digest}"
-        )
+        try:
+            return RedisRateLimit(
+                options.redis_url, rate.requests, per=rate.per, key=f"monica-upscale:{digest}"
+            )
+        except ModuleNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        except InvalidRequestError as exc:
+            raise UsageError(f"--redis-url: {exc}") from None
     if rate is None:
         return AdaptiveRateLimit()
     return RateLimit(rate.requests, per=rate.per)
@@ -306,7 +311,7 @@ class _Run:
             self.urls(), scale=self.options.scale, workers=self.options.concurrency
         )
         try:
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async with contextlib.aclosing(stream):
                 async for outcome in stream:
                     if self.options.download_dir is not None and outcome.ok:
                         # Back-pressure: no more downloads at once than requests.
