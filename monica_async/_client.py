@@ -11,10 +11,10 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -425,7 +425,7 @@ class MonicaClient:
         ordered: bool = False,
         workers: int | None = None,
         buffer: int | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> AsyncGenerator[Outcome, None]:
         """Upscale many images in parallel, yielding one :class:`Outcome` per input.
 
         Workers pull inputs lazily, so a generator of millions of URLs costs no more
@@ -456,12 +456,17 @@ class MonicaClient:
         size = 2 * count if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
-        return run_batch(
-            lambda url: self.upscale(url, scale=scale),
-            images,
-            workers=count,
-            buffer=size,
-            ordered=ordered,
+        # run_batch is an async generator: say so, so that callers may aclose() it
+        # (contextlib.aclosing) with no type error.
+        return cast(
+            "AsyncGenerator[Outcome, None]",
+            run_batch(
+                lambda url: self.upscale(url, scale=scale),
+                images,
+                workers=count,
+                buffer=size,
+                ordered=ordered,
+            ),
         )
 
     async def upscale_all(
@@ -478,7 +483,7 @@ class MonicaClient:
             async for outcome in stream:
                 outcomes.append(outcome)
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         return outcomes
 
     # -- downloads --------------------------------------------------------------------
