@@ -26,7 +26,7 @@ from ._cli_options import (
 )
 from ._cli_progress import require_rich
 from ._cli_run import EXIT_INTERRUPTED, EXIT_USAGE, execute, resume_command
-from ._config import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
+from ._config import API_KEY_ENV, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
 from ._validation import ALLOWED_SCALES
 from ._version import __version__
 
@@ -123,10 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--base-url", metavar="URL", help="API root (default: MONICA_BASE_URL)")
     run.add_argument(
-        "--retries", type=_int_at_least(0), metavar="N", help="retries per input (default 3)"
+        "--retries",
+        type=_int_at_least(0),
+        metavar="N",
+        help=f"retries per input (default {DEFAULT_MAX_ATTEMPTS - 1})",
     )
     run.add_argument(
-        "--timeout", type=_seconds(False), metavar="S", help="seconds per attempt (default 120)"
+        "--timeout",
+        type=_seconds(False),
+        metavar="S",
+        help=f"seconds per attempt (default {DEFAULT_TIMEOUT.total:g})",
     )
     run.add_argument(
         "--api-key-file", metavar="FILE", help=f"read the API key from FILE, not {API_KEY_ENV}"
@@ -271,7 +277,7 @@ def _serve_fake(argv: list[str]) -> int:
     except ImportError as exc:
         print(f"{PROG}: error: serve-fake is unavailable: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
-    return serve_fake_main(argv)
+    return serve_fake_main(argv, prog=f"{PROG} serve-fake")
 
 
 if __name__ == "__main__":
