@@ -305,9 +305,7 @@ class MonicaClient:
         image = validate_image_url(image)
         scale = validate_scale(scale)
         session = self._open()
-        attempt_timeout = (
-            self.timeout if timeout is USE_CLIENT_DEFAULT else resolve_timeout(timeout)
-        )
+        attempt_timeout = self._timeout_for(timeout)
         policy = self.retry if retry is USE_CLIENT_DEFAULT else retry
         stats = self._stats
         stats.requests += 1
@@ -518,9 +516,7 @@ class MonicaClient:
                 "pass allow_insecure_http=True to the client to allow it"
             )
         limit = self.max_download_bytes if max_bytes is None else max_bytes
-        attempt_timeout = (
-            self.timeout if timeout is USE_CLIENT_DEFAULT else resolve_timeout(timeout)
-        )
+        attempt_timeout = self._timeout_for(timeout)
         target = Path(path)
         session = self._open()
 
