@@ -192,7 +192,7 @@ class MonicaClient:
             )
         self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
         self.allow_insecure_http = allow_insecure_http
-        self.max_download_bytes = max_download_bytes
+        self.max_download_bytes = _byte_limit("max_download_bytes", max_download_bytes)
         self._extra_headers = dict(headers or {})
         for name in self._extra_headers:
             if name.lower() == "authorization":
@@ -515,7 +515,9 @@ class MonicaClient:
                 f"refusing to download over plain http from {host!r}; "
                 "pass allow_insecure_http=True to the client to allow it"
             )
-        limit = self.max_download_bytes if max_bytes is None else max_bytes
+        limit = (
+            self.max_download_bytes if max_bytes is None else _byte_limit("max_bytes", max_bytes)
+        )
         attempt_timeout = self._timeout_for(timeout)
         target = Path(path)
         session = self._open()
@@ -578,6 +580,12 @@ class MonicaClient:
                 os.unlink(tmp)
             raise
         return target
+
+
+def _byte_limit(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{name} must be a number of bytes >= 1, got {value!r}")
+    return value
 
 
 async def _read_error_text(response: aiohttp.ClientResponse) -> str:
