@@ -178,9 +178,11 @@ class RedisRateLimit:
             :meth:`aclose`; a client passed in is never closed.
         requests: Attempts allowed per window, across all sharers.
         per: Window length in seconds.
-        burst: Attempts that may start back to back (default: *requests*).
-        margin: Seconds added to every window for network jitter (default: 1% of
-            *per*, at most 0.5 s), as for :class:`RateLimit`.
+        burst: Attempts that may start back to back; as for :class:`RateLimit`,
+            with the same default.
+        margin: Seconds added to every window so that network jitter cannot squeeze
+            more than *requests* into one window at the server; as for
+            :class:`RateLimit`, with the same default.
         key: The name of the shared limit: everyone using the same name (and the
             same numbers) shares one budget. A name, not the API key: it is stored
             in Redis in clear.

@@ -96,6 +96,7 @@ if mode == 'book' then
     -- Starts this old no longer bound any future slot.
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - per - margin)
 
+    local paused = nb > now
     local slot = math.max(now, nb, tat - (burst - 1) * interval)
     local window_start = latest_score(requests - 1)
     if window_start then
@@ -105,7 +106,7 @@ if mode == 'book' then
     if last then
         slot = math.max(slot, last)
     end
-    if slot <= nb then
+    if paused and slot <= nb then
         -- Resume after a pause paced, not as a herd: the burst allowance starts empty.
         tat = math.max(tat, slot + (burst - 1) * interval)
     end

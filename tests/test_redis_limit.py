@@ -7,6 +7,8 @@ on the Redis clock); the limiter's behaviour with waits and generous bounds only
 from __future__ import annotations
 
 import asyncio
+import bisect
+import json
 import logging
 import os
 import subprocess
@@ -14,8 +16,10 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import pytest
 import redis.asyncio
 import redis.exceptions
@@ -33,6 +37,7 @@ from monica_async import (
     RetryPolicy,
 )
 from monica_async._redis import DEFAULT_PREFIX, SCRIPT, RedisRateLimit, _Script
+from monica_async.testing import FakeMonicaServer, Fault
 
 if TYPE_CHECKING:
     from conftest_redis import RedisServer
@@ -107,8 +112,8 @@ def ok_handler(counter: list[web.Request]) -> Handler:
 
 
 async def test_a_full_burst_starts_at_once(redis_client: redis.asyncio.Redis) -> None:
-    """With burst = requests (the default), the first window's starts need no wait."""
-    script = script_for(redis_client, 5, 10.0)
+    """With burst = requests, the first window's starts need no wait."""
+    script = script_for(redis_client, 5, 10.0, burst=5)
 
     waits = [(await script.book(f"m{i}")).wait for i in range(5)]
 
@@ -120,7 +125,7 @@ async def test_a_full_window_books_the_next_start_one_window_and_margin_later(
     redis_client: redis.asyncio.Redis, margin: float | None, expected_margin: float
 ) -> None:
     """The (requests+1)-th start is booked exactly ``per + margin`` after the first."""
-    script = script_for(redis_client, 5, 10.0, margin=margin)
+    script = script_for(redis_client, 5, 10.0, burst=5, margin=margin)
     for i in range(5):
         await script.book(f"m{i}")
 
@@ -161,7 +166,7 @@ async def test_a_long_idle_period_restores_the_whole_burst(
     redis_client: redis.asyncio.Redis,
 ) -> None:
     """After a window of silence the next burst starts at once again."""
-    script = script_for(redis_client, 3, 0.2)
+    script = script_for(redis_client, 3, 0.2, burst=3)
     for i in range(3):
         await script.book(f"old{i}")
     await asyncio.sleep(0.35)
@@ -242,7 +247,7 @@ async def test_after_a_pause_starts_resume_paced_not_as_a_burst(
     redis_client: redis.asyncio.Redis,
 ) -> None:
     """The burst allowance starts empty after a pause: one interval between starts."""
-    script = script_for(redis_client, 5, 5.0)
+    script = script_for(redis_client, 5, 5.0, burst=5)
     await script.pause(0.2, u=0.0)
 
     await script.book("m0")
@@ -269,7 +274,7 @@ async def test_a_held_booking_is_moved_behind_a_new_pause(
     redis_client: redis.asyncio.Redis,
 ) -> None:
     """A pause set while a caller slept gives its slot back and books one after the pause."""
-    script = script_for(redis_client, 5, 10.0)
+    script = script_for(redis_client, 5, 10.0, burst=5)
     held = await script.book("m0")
     await script.pause(1.0, u=0.0)
 
@@ -399,7 +404,7 @@ async def test_the_script_is_loaded_once_then_run_by_its_sha(
     limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
 ) -> None:
     """Ten acquisitions without waiting: one SCRIPT LOAD, ten EVALSHA, no EVAL."""
-    limit = limits(10, 1.0)
+    limit = limits(10, 1.0, burst=10)
 
     for _ in range(10):
         await limit.acquire()
@@ -428,7 +433,7 @@ async def test_limiters_on_the_same_key_share_one_window(
     limits: Callable[..., RedisRateLimit],
 ) -> None:
     """Two limiters (two clients) on one key: the third start waits for the next window."""
-    first, second = limits(2, 0.5), limits(2, 0.5)
+    first, second = limits(2, 0.5, burst=2), limits(2, 0.5, burst=2)
     await first.acquire()
     await second.acquire()
 
@@ -558,7 +563,7 @@ async def test_local_fallback_keeps_limiting_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """on_unavailable='local': a local limit at fallback_fraction of the rate, one warning."""
-    limit = limits(4, 0.5, url=dead_redis_url, fallback_fraction=0.5)
+    limit = limits(4, 0.5, burst=4, url=dead_redis_url, fallback_fraction=0.5)
     caplog.set_level(logging.INFO, logger="monica_async")
 
     waits = [await limit.acquire() for _ in range(3)]
@@ -618,7 +623,7 @@ async def test_redis_is_tried_again_only_after_a_back_off(
         return await original(script)
 
     client.script_load = counting_load  # type: ignore[method-assign,assignment]
-    limit = limits(100, 1.0, url=client)
+    limit = limits(100, 1.0, burst=100, url=client)
     try:
         for _ in range(20):
             await limit.acquire()
@@ -708,10 +713,12 @@ def test_invalid_options_are_refused_by_name(options: dict[str, Any], message: s
 
 def test_repr_shows_the_limit_not_the_redis_password() -> None:
     """The URL (and any password in it) stays out of the repr."""
-    limit = RedisRateLimit("redis://:hunter2@127.0.0.1:1/0", 60, 60.0, key="monica:prod")
+    limit = RedisRateLimit(
+        "redis://:hunter2@127.0.0.1:1/0", 60, 60.0, burst=10, margin=0.5, key="monica:prod"
+    )
 
     assert (
-        "RedisRateLimit(60, per=60.0, burst=60, margin=0.5, key='monica:prod', "
+        "RedisRateLimit(60, per=60.0, burst=10, margin=0.5, key='monica:prod', "
         "on_unavailable='local')"
     ) == repr(limit)
 
@@ -761,3 +768,190 @@ def test_import_monica_async_does_not_need_redis() -> None:
 
     assert (0, "") == (done.returncode, done.stderr)
     assert 'pip install "monica-async[redis]"' in done.stdout
+
+
+# -- several processes against one fake server -----------------------------------------
+
+WORKER = Path(__file__).with_name("redis_worker.py")
+#: The shared limit of the multi-process tests. The margin is wider than the default
+#: (10 ms at 1 s) because the server's arrival times, not the limiter's start times,
+#: are checked, on two cores shared by the workers, the server and Redis.
+LIMIT = {"requests": 10, "per": 1.0, "margin": 0.1}
+
+
+def worst_window(times: list[float], per: float) -> int:
+    """The most arrivals in any window ``[t, t + per)`` of the sorted *times*."""
+    return max((bisect.bisect_left(times, t + per) - i for i, t in enumerate(times)), default=0)
+
+
+def steady_rate(times: list[float], per: float) -> float:
+    """Arrivals per second over the whole windows that fit between the first and last."""
+    windows = int((times[-1] - times[0]) // per)
+    assert windows >= 1, "too short to measure a rate"
+    return bisect.bisect_left(times, times[0] + windows * per) / (windows * per)
+
+
+@attrs.frozen
+class WorkerRun:
+    """What one worker process printed."""
+
+    outcomes: list[dict[str, Any]]
+    log: str
+
+
+async def run_workers(
+    count: int,
+    server: FakeMonicaServer,
+    redis_url: str,
+    images: int,
+    *,
+    started: Callable[[], Awaitable[None]] | None = None,
+    **options: Any,
+) -> list[WorkerRun]:
+    """Start *count* worker processes, let them go together, collect what they print.
+
+    *started* runs (in the test) once every worker has been told to go.
+    """
+    settings = {**LIMIT, **options}
+    processes = []
+    for n in range(count):
+        argv = [str(WORKER), "--base-url", server.base_url, "--redis-url", redis_url]
+        argv += ["--name", f"w{n}", "--images", str(images)]
+        for name, value in settings.items():
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+        processes.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "MONICA_API_KEY": API_KEY},
+            )
+        )
+    try:
+        async with asyncio.timeout(90):
+            for process in processes:
+                assert process.stdout is not None
+                ready = await process.stdout.readline()
+                assert b"READY\n" == ready, ready
+            finished = asyncio.gather(*(p.communicate(b"go\n") for p in processes))
+            if started is not None:
+                await started()
+            results = await finished
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    runs = []
+    for process, (out, err) in zip(processes, results, strict=True):
+        assert 0 == process.returncode, err.decode()
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        runs.append(WorkerRun(outcomes=lines[:-1], log=err.decode()))
+    return runs
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[FakeMonicaServer]:
+    """A fake Monica server in the test process, answering at once, without a rate limit."""
+    async with FakeMonicaServer(api_key=API_KEY, process_images=False) as server:
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_four_processes_together_run_at_the_limit_never_over_it(
+    redis_server: RedisServer, fake_server: FakeMonicaServer
+) -> None:
+    """Four processes, 80 requests: no window of the server's arrivals holds more than the
+    limit, and over whole windows the combined rate is close to it."""
+    runs = await run_workers(4, fake_server, redis_server.url, images=20)
+
+    times = sorted(fake_server.stats.accepted_times)
+    assert [20] * 4 == [len(run.outcomes) for run in runs]
+    assert 80 == len(times)
+    assert worst_window(times, 1.0) <= 10
+    assert 0.85 * 10 <= steady_rate(times, 1.0) <= 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_429_seen_by_one_process_pauses_the_others(
+    redis_server: RedisServer, fake_server: FakeMonicaServer
+) -> None:
+    """One request of one process gets 429 with Retry-After 2: no request from anyone
+    reaches the server during the next two seconds (beyond those already on the way)."""
+    fake_server.retry_after = 2.0
+    fake_server.script_faults("https://img.example/w0/5.png", [Fault.HTTP_429])
+
+    runs = await run_workers(4, fake_server, redis_server.url, images=15)
+
+    stats = fake_server.stats
+    (rejected,) = set(stats.request_times) - set(stats.accepted_times)
+    after = sorted(t - rejected for t in stats.request_times if t > rejected + 0.3)
+    assert [None] * 60 == [o["error"] for run in runs for o in run.outcomes]
+    assert after, "the batch ended before the pause could be observed"
+    assert after[0] >= 1.95
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_redis_stopped_mid_batch_falls_back_and_comes_back(
+    redis_server: RedisServer, fake_server: FakeMonicaServer
+) -> None:
+    """Redis stopped for two seconds during four processes' batches: with the default
+    on_unavailable='local' each process warns once, falls back, shares again once Redis
+    is back, and every input gets exactly one outcome, a success.
+
+    Two attempts in flight per process: with more, a process books so far ahead that it
+    may sleep through the whole outage without asking Redis anything."""
+
+    async def outage() -> None:
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(redis_server.start)
+
+    runs = await run_workers(
+        4, fake_server, redis_server.url, images=30, started=outage, concurrency=2
+    )
+
+    for run in runs:
+        assert list(range(30)) == sorted(o["index"] for o in run.outcomes)
+        assert [None] * 30 == [o["error"] for o in run.outcomes]
+        assert 1 == run.log.count("Redis is unavailable"), run.log
+        assert 1 == run.log.count("reachable again"), run.log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_fail_closed_outage_fails_the_inputs_it_meets_and_sends_nothing_for_them(
+    redis_server: RedisServer, fake_server: FakeMonicaServer
+) -> None:
+    """on_unavailable='fail': inputs met while Redis is down get RateLimiterUnavailableError
+    without a request; every input gets one outcome; once Redis is back, calls succeed."""
+    limit = RedisRateLimit(redis_server.url, 10, 1.0, key=unique_key(), on_unavailable="fail")
+    urls = [f"https://img.example/{i}.png" for i in range(40)]
+
+    async def outage() -> None:
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(redis_server.stop)
+
+    async with (
+        limit,
+        MonicaClient(API_KEY, base_url=fake_server.base_url, rate_limit=limit) as client,
+    ):
+        stopping = asyncio.create_task(outage())
+        outcomes = await client.upscale_all(urls)
+        await stopping
+        await asyncio.to_thread(redis_server.start)
+        await asyncio.sleep(6.0)  # past the longest back-off
+        after = await client.upscale("https://img.example/after.png")
+
+    failed = [o for o in outcomes if o.error is not None]
+    assert list(range(40)) == [o.index for o in outcomes]
+    assert 0 < len(failed) < 40
+    assert all(isinstance(o.error, RateLimiterUnavailableError) for o in failed)
+    assert 40 - len(failed) + 1 == fake_server.stats.accepted == fake_server.stats.total
+    assert after.url
