@@ -190,6 +190,9 @@ def test_plain_http_allowed_for_loopback(api_key: str, base_url: str) -> None:
         ({"timeout": True}, "timeout"),
         ({"rate_limit": object()}, "rate_limit"),
         ({"headers": {"authorization": "Bearer other"}}, "Authorization"),
+        ({"max_download_bytes": 0}, "max_download_bytes"),
+        ({"max_download_bytes": "64MB"}, "max_download_bytes"),
+        ({"max_download_bytes": True}, "max_download_bytes"),
     ],
 )
 def test_invalid_options_are_refused(api_key: str, options: dict[str, Any], named: str) -> None:
@@ -677,3 +680,47 @@ async def test_key_never_in_errors_or_their_chain(
     for exc in _chain(caught.value):
         assert api_key not in str(exc)
         assert api_key not in repr(exc)
+
+
+def test_use_client_default_repr() -> None:
+    """The per-call sentinel reads as its public name in signatures and docs."""
+    assert "USE_CLIENT_DEFAULT" == repr(USE_CLIENT_DEFAULT)
+
+
+# -- batches (the engine itself is tested in test_batch.py) ----------------------------
+
+
+async def test_upscale_all_returns_one_outcome_per_input_in_order(
+    mock_http: aioresponses, api_key: str
+) -> None:
+    """upscale_all gives outcomes in input order: results, and errors for bad inputs."""
+    mock_http.post(ENDPOINT, payload={"image": RESULT}, repeat=True)
+    images = [IMAGE, "not a url", IMAGE + "?b"]
+    async with client() as api:
+        outcomes = await api.upscale_all(images, workers=2)
+    assert ([0, 1, 2], images, [True, False, True]) == (
+        [o.index for o in outcomes],
+        [o.source for o in outcomes],
+        [o.ok for o in outcomes],
+    )
+    assert isinstance(outcomes[1].error, InvalidRequestError)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"scale": 3}, "scale"),
+        ({"workers": 0}, "workers"),
+        ({"workers": True}, "workers"),
+        ({"buffer": 0}, "buffer"),
+        ({"buffer": 1.5}, "buffer"),
+    ],
+)
+async def test_upscale_many_checks_its_options_at_once(
+    mock_http: aioresponses, api_key: str, options: dict[str, Any], named: str
+) -> None:
+    """Invalid batch options raise when upscale_many is called, before any request."""
+    async with client() as api:
+        with pytest.raises(InvalidRequestError, match=named):
+            api.upscale_many([IMAGE], **options)
+    assert {} == mock_http.requests

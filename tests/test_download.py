@@ -403,3 +403,49 @@ async def test_download_error_attributes(
         error.attempts,
     )
     assert api_key not in repr(error)
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1, "1MB", True])
+async def test_invalid_max_bytes_is_refused(
+    mock_http: aioresponses, client: MonicaClient, tmp_path: Path, max_bytes: object
+) -> None:
+    """download(max_bytes=...) must be a positive number of bytes."""
+    with pytest.raises(InvalidRequestError, match="max_bytes"):
+        await client.download("https://cdn.test/x.png", tmp_path / "x.png", max_bytes=max_bytes)  # type: ignore[arg-type]
+    assert {} == mock_http.requests
+
+
+async def test_large_image_streams_in_many_chunks(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """An image larger than one read arrives whole."""
+    body = PNG + bytes(range(256)) * 2048
+    url = await loopback(image_handler(body)) + "/big.png"
+    path = await client.download(url, tmp_path / "big.png")
+    assert body == path.read_bytes()
+
+
+@pytest.mark.parametrize(("sent", "body"), [(b"gone", "gone"), (b"", "")])
+async def test_error_body_cut_short_still_gives_the_status_error(
+    loopback: Start, client: MonicaClient, tmp_path: Path, sent: bytes, body: str
+) -> None:
+    """Reading an error body never raises: a 404 whose body breaks off is still a 404."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=404, headers={"Content-Length": "5000"})
+        await response.prepare(request)
+        if sent:
+            await response.write(sent)
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    url = await loopback(handler) + "/x.png"
+    with pytest.raises(NotFoundError) as caught:
+        await client.download(url, tmp_path / "x.png")
+    assert (404, body, [], "GET") == (
+        caught.value.status,
+        caught.value.body,
+        files_in(tmp_path),
+        caught.value.method,
+    )

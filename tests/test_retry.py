@@ -554,3 +554,18 @@ def test_retry_policy_is_keyword_only() -> None:
     """Options are keywords: RetryPolicy(3) is refused."""
     with pytest.raises(TypeError):
         RetryPolicy(3)  # type: ignore[misc]
+
+
+async def test_retrying_reports_each_retried_error() -> None:
+    """retrying(on_retry=...) hears every error that leads to a retry, not the final one."""
+    failures = [APIConnectionError("one"), RateLimitError("two", status=429)]
+    heard: list[BaseException] = []
+
+    async def attempt(number: int) -> str:
+        if number <= len(failures):
+            raise failures[number - 1]
+        return f"done on attempt {number}"
+
+    policy = RetryPolicy(deadline=None)
+    result = await _retry.retrying(attempt, policy, what="test", on_retry=heard.append)
+    assert ("done on attempt 3", failures) == (result, heard)
