@@ -24,7 +24,7 @@ Messages never contain the API key.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "APIConnectionError",
@@ -94,6 +94,11 @@ class APIError(MonicaError):
         self.attempts = attempts
         self.request_id = request_id
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default reduce calls cls(*args), which loses the keyword-only
+        # arguments (and fails for APIStatusError): rebuild, then restore the attributes.
+        return _rebuild, (type(self), self.message), self.__dict__
+
     def __str__(self) -> str:
         extras = []
         if self.request_id:
@@ -103,6 +108,13 @@ class APIError(MonicaError):
         if not extras:
             return self.message
         return f"{self.message} ({', '.join(extras)})"
+
+
+def _rebuild(cls: type[APIError], message: str) -> APIError:
+    """Unpickle an :class:`APIError`; its attributes are restored afterwards."""
+    error = cls.__new__(cls)
+    error.args = (message,)
+    return error
 
 
 class APIConnectionError(APIError):
