@@ -7,6 +7,7 @@ import logging
 import platform
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -724,3 +725,34 @@ async def test_upscale_many_checks_its_options_at_once(
         with pytest.raises(InvalidRequestError, match=named):
             api.upscale_many([IMAGE], **options)
     assert {} == mock_http.requests
+
+
+# -- TLS -----------------------------------------------------------------------------
+
+
+def test_tls_verification_is_never_disabled_in_the_source() -> None:
+    """No module of the library turns certificate checks off."""
+    package = Path(monica_async.__file__).parent
+    pattern = re.compile(
+        r"ssl\s*=\s*False|verify_ssl|CERT_NONE|check_hostname\s*=\s*False|_create_unverified"
+    )
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted(package.glob("*.py"))
+        for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1)
+        if pattern.search(line)
+    ]
+    assert [] == offenders
+
+
+async def test_requests_use_default_tls_settings(
+    mock_http: aioresponses, api_key: str, tmp_path: Path
+) -> None:
+    """Neither API calls nor downloads pass an ssl option: aiohttp verifies certificates."""
+    mock_http.post(ENDPOINT, payload={"image": RESULT})
+    mock_http.get(RESULT, body=b"\x89PNG\r\n\x1a\n" + bytes(32), content_type="image/png")
+    async with client() as api:
+        result = await api.upscale(IMAGE)
+        await api.download(result, tmp_path / "out.png")
+    sent = [call.kwargs for calls_ in mock_http.requests.values() for call in calls_]
+    assert (2, []) == (len(sent), [kwargs for kwargs in sent if "ssl" in kwargs])

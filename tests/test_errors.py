@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -51,6 +53,12 @@ async def api(api_key: str, unlimited: Any) -> AsyncIterator[MonicaClient]:
 def requests_sent(mock_http: aioresponses) -> int:
     """How many requests reached the mocked endpoint."""
     return len(mock_http.requests.get(("POST", URL(ENDPOINT)), []))
+
+
+def pickle_roundtrip(error: APIError) -> APIError:
+    """Pickle and unpickle *error*."""
+    again: APIError = pickle.loads(pickle.dumps(error))
+    return again
 
 
 # -- the tree ------------------------------------------------------------------------
@@ -406,3 +414,29 @@ async def test_other_exceptions_are_not_disguised(
     mock_http.post(ENDPOINT, exception=KeyError("bug"))
     with pytest.raises(KeyError):
         await api.upscale(IMAGE)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        APIError("base", method="GET", url="https://cdn.test/x.png", attempts=2),
+        APIConnectionError("down", attempts=3, request_id="r-1"),
+        APITimeoutError("slow"),
+        APIResponseValidationError("odd", body="<html>"),
+        APIStatusError("teapot", status=418, body="short and stout"),
+        RateLimitError("slow down", status=429, code="rate", retry_after=2.5, attempts=4),
+        InternalServerError("boom", status=503, request_id="r-2"),
+    ],
+)
+@pytest.mark.parametrize("roundtrip", [pickle_roundtrip, copy.copy], ids=["pickle", "copy"])
+def test_errors_survive_pickle_and_copy(
+    error: APIError, roundtrip: Callable[[APIError], APIError]
+) -> None:
+    """An error crossing a process boundary (or copied) keeps its class, text and attributes."""
+    again = roundtrip(error)
+    assert (type(error), str(error), vars(error), error.args) == (
+        type(again),
+        str(again),
+        vars(again),
+        again.args,
+    )
