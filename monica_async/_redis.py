@@ -74,8 +74,8 @@ def _text(value: object) -> str:
 
 
 @attrs.frozen
-class _Booking:
-    """The script's answer to a booking: how long to wait, and for which slot."""
+class _Slot:
+    """A booked start time, as the script answers: how long to wait, under which id."""
 
     wait: float
     epoch: int
@@ -85,7 +85,7 @@ class _Booking:
     pause_left: float
 
     @classmethod
-    def from_reply(cls, reply: list[Any]) -> _Booking:
+    def from_reply(cls, reply: list[Any]) -> _Slot:
         wait, epoch, member, streak, peers, pause_left = reply
         return cls(
             wait=int(wait) / _US,
@@ -127,11 +127,11 @@ class _Script:
             self._sha = _text(await self.client.script_load(SCRIPT))
             return await self.client.evalsha(self._sha, len(self.keys), *self.keys, *argv)
 
-    async def book(self, member: str, held: _Booking | None = None) -> _Booking:
+    async def book(self, member: str, held: _Slot | None = None) -> _Slot:
         """Book a slot for *member*, or confirm *held* after its caller slept."""
         extra = ("", "") if held is None else (held.member, held.epoch)
         reply = await self._call("book", member, self.peer, *extra)
-        return _Booking.from_reply(reply)
+        return _Slot.from_reply(reply)
 
     async def pause(self, retry_after: float | None, u: float) -> tuple[float, int, int]:
         """Move the shared pause; return (seconds left, epoch, streak)."""
@@ -338,28 +338,27 @@ class RedisRateLimit:
         began = time.monotonic()
         member = self._next_member()
         try:
-            booking = await self._run(self._script.book(member))
+            slot = await self._run(self._script.book(member))
         except _Unavailable as exc:
             await self._acquire_locally(exc)
             return time.monotonic() - began
         except BaseException:
             self._give_back(member)  # cancelled while Redis may have booked it
             raise
-        while booking.wait > 0:
+        while slot.wait > 0:
+            member = self._next_member()  # used only if the slot must move
             try:
-                await asyncio.sleep(booking.wait + self._jitter())
-            except BaseException:
-                self._give_back(booking.member)
-                raise
-            if booking.wait < _RECHECK_AFTER:
-                break
-            try:
-                booking = await self._run(self._script.book(self._next_member(), booking))
+                await asyncio.sleep(slot.wait + self._jitter())
+                if slot.wait < _RECHECK_AFTER:
+                    break
+                slot = await self._run(self._script.book(member, slot))
             except _Unavailable as exc:
                 if self.on_unavailable == "fail":
                     raise self._unavailable_error(exc) from exc.__cause__
-                # The slot was booked before Redis went away: it is still ours.
-                break
+                break  # the slot was booked before Redis went away: it is still ours
+            except BaseException:
+                self._give_back(slot.member, member)
+                raise
         return time.monotonic() - began
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
@@ -430,7 +429,7 @@ class RedisRateLimit:
         finally:
             if probing:
                 self._probing = False
-        if isinstance(result, _Booking):
+        if isinstance(result, _Slot):
             self._peers = result.peers
             self._streak = result.streak
             self._note_pause(result.pause_left)
@@ -497,15 +496,16 @@ class RedisRateLimit:
             "to fall back to a local limit while Redis is away)"
         )
 
-    def _give_back(self, member: str) -> None:
-        """Hand back the slot of a caller that gave up, without making it wait."""
+    def _give_back(self, *members: str) -> None:
+        """Hand back the slots of a caller that gave up, without making it wait."""
         if self._closed or self._down_since is not None:
             return
-        task = asyncio.get_running_loop().create_task(self._cancel(member))
+        task = asyncio.get_running_loop().create_task(self._cancel(members))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _cancel(self, member: str) -> None:
+    async def _cancel(self, members: tuple[str, ...]) -> None:
         # Failing here only costs a little throughput: the slot goes unused.
         with contextlib.suppress(_Unavailable):
-            await self._run(self._script.cancel(member))
+            for member in members:
+                await self._run(self._script.cancel(member))

@@ -525,6 +525,33 @@ async def test_a_client_with_a_redis_limit_shares_its_429_pause(
     assert 2.0 < await redis_client.pttl(limit.keys[0]) / 1000 < 10.0
 
 
+async def test_a_success_after_429s_ends_the_shared_streak(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """The first success after a 429 resets the streak in Redis for every sharer."""
+    limit = limits(10, 1.0)
+    await limit.on_rate_limited(None, time.monotonic())
+    assert b"1" == await redis_client.hget(limit.keys[0], "streak")
+
+    await limit.on_success(time.monotonic())
+
+    assert b"0" == await redis_client.hget(limit.keys[0], "streak")
+
+
+async def test_successes_without_a_streak_cost_no_redis_call(
+    limits: Callable[..., RedisRateLimit], redis_client: redis.asyncio.Redis
+) -> None:
+    """on_success talks to Redis only to end a streak of 429s."""
+    limit = limits(10, 1.0, burst=10)
+    await limit.acquire()
+    before = await script_calls(redis_client)
+
+    for _ in range(5):
+        await limit.on_success(time.monotonic())
+
+    assert before == await script_calls(redis_client)
+
+
 # -- Redis unavailable ----------------------------------------------------------------
 
 
@@ -608,6 +635,52 @@ async def test_without_ever_reaching_redis_the_fallback_takes_a_quarter(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert 1 == len(warnings)
     assert "local limit of 5 per 5.0s" in warnings[0]
+
+
+async def test_a_429_while_redis_is_away_pauses_the_local_fallback(
+    limits: Callable[..., RedisRateLimit], dead_redis_url: str
+) -> None:
+    """on_rate_limited without Redis pauses this process's fallback limit instead."""
+    limit = limits(100, 1.0, burst=100, url=dead_redis_url)
+
+    pause = await limit.on_rate_limited(0.5, time.monotonic())
+    waited = await limit.acquire()
+
+    assert 0.5 <= pause < 1.0
+    assert 0.4 < waited < 5.0
+
+
+async def test_a_pause_announced_before_redis_went_away_still_stands(
+    limits: Callable[..., RedisRateLimit], redis_server: RedisServer
+) -> None:
+    """The fallback honours what is left of a shared pause Redis announced earlier."""
+    limit = limits(100, 1.0, burst=100)
+    await limit.on_rate_limited(1.0, time.monotonic())
+    redis_server.stop()
+
+    waited = await limit.acquire()
+
+    assert 0.8 < waited < 5.0
+
+
+@pytest.mark.parametrize("on_unavailable", ["local", "fail"])
+async def test_redis_going_away_while_a_caller_sleeps_on_its_slot(
+    limits: Callable[..., RedisRateLimit], redis_server: RedisServer, on_unavailable: str
+) -> None:
+    """A caller that booked before Redis went away starts at its slot ('local') or
+    raises ('fail') when it cannot confirm the slot on waking."""
+    limit = limits(1, 0.5, on_unavailable=on_unavailable)
+    await limit.acquire()
+    sleeper = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0.1)
+
+    await asyncio.to_thread(redis_server.stop)
+
+    if on_unavailable == "fail":
+        with pytest.raises(RateLimiterUnavailableError):
+            await sleeper
+    else:
+        assert 0.3 < await sleeper < 5.0
 
 
 async def test_redis_is_tried_again_only_after_a_back_off(
@@ -695,6 +768,7 @@ def test_it_is_a_rate_limiter(redis_server: RedisServer) -> None:
         ({"burst": 9}, "burst must be at most requests"),
         ({"margin": -0.1}, "margin must be >= 0"),
         ({"key": ""}, "key must be a non-empty string"),
+        ({"prefix": 5}, "prefix must be a string"),
         ({"on_unavailable": "open"}, "on_unavailable must be 'fail' or 'local'"),
         ({"fallback_fraction": 0}, r"fallback_fraction must be in \(0, 1\]"),
         ({"fallback_fraction": 1.5}, r"fallback_fraction must be in \(0, 1\]"),
