@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import platform
-import tempfile
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from pathlib import Path
@@ -536,10 +536,10 @@ class MonicaClient:
         timeout: aiohttp.ClientTimeout,
     ) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-        )
-        tmp = Path(tmp_name)
+        # Not mkstemp: the image would keep its 0600. O_EXCL is as safe and honours the umask.
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        fd = os.open(tmp, flags, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
