@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -449,3 +451,15 @@ async def test_error_body_cut_short_still_gives_the_status_error(
         files_in(tmp_path),
         caught.value.method,
     )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+async def test_downloaded_file_has_the_usual_permissions(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """The image gets the mode any new file gets (the umask's), not a temp file's 0600."""
+    url = await loopback(image_handler()) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")
+    assert stat.S_IMODE(reference.stat().st_mode) == stat.S_IMODE(path.stat().st_mode)
