@@ -221,6 +221,12 @@ class MonicaClient:
                 f"base_url must be an absolute http(s) URL such as {DEFAULT_BASE_URL!r}, "
                 f"got {url!r}"
             )
+        if parts.query or parts.fragment:
+            # The path is appended to the string: after a query it would land inside it.
+            raise InvalidRequestError(
+                f"base_url must not have a query or fragment, such as {DEFAULT_BASE_URL!r}, "
+                f"got {url!r}"
+            )
         if parts.scheme == "http" and not (allow_insecure_http or is_loopback_host(parts.hostname)):
             raise InvalidRequestError(
                 f"base_url {url!r} is plain http: the API key would travel unencrypted; "
