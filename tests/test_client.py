@@ -142,7 +142,17 @@ async def test_endpoint_is_base_url_plus_upscale_path(
     assert 1 == len(calls(mock_http, expected))
 
 
-@pytest.mark.parametrize("base_url", ["openapi.monica.im", "ftp://api.test", "/v1", "https://"])
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "openapi.monica.im",
+        "ftp://api.test",
+        "/v1",
+        "https://",
+        "https://api.test/?region=eu",
+        "https://api.test#v1",
+    ],
+)
 def test_base_url_must_be_absolute_http(api_key: str, base_url: str) -> None:
     """A base_url that is not an absolute http(s) URL is refused, naming the option."""
     with pytest.raises(InvalidRequestError, match="base_url"):
