@@ -88,6 +88,16 @@ def _request_id(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def _loggable(url: str) -> str:
+    """*url* without credentials, query or fragment (a presigned URL's signature), shortened."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    return excerpt(f"{parts.scheme}://{host}{port}{parts.path}", 80)
+
+
 def _looks_like_image(first: bytes) -> bool:
     if first.startswith(b"RIFF") and first[8:12] == b"WEBP":
         return True
@@ -323,7 +333,7 @@ class MonicaClient:
             return await self._attempt(session, image, scale, attempt_timeout, number)
 
         try:
-            done = await _retry.retrying(attempt, policy, what=f"upscale {image[:80]}")
+            done = await _retry.retrying(attempt, policy, what=f"upscale {_loggable(image)}")
             result = UpscaleResult.from_response(
                 done.payload,
                 source=image,
@@ -531,7 +541,7 @@ class MonicaClient:
         async def attempt(number: int) -> Path:
             return await self._download_once(session, url, target, limit, attempt_timeout)
 
-        return await _retry.retrying(attempt, self.retry, what=f"download {url[:80]}")
+        return await _retry.retrying(attempt, self.retry, what=f"download {_loggable(url)}")
 
     async def _download_once(
         self,
