@@ -624,6 +624,43 @@ async def test_info_line_per_retry(
     assert expected == messages
 
 
+@pytest.mark.parametrize(
+    ("image", "shown"),
+    [
+        (
+            "https://user:pw@bucket.test/cat.png?X-Amz-Signature=abc123&X-Amz-Credential=AKIA#f",
+            "https://bucket.test/cat.png",
+        ),
+        ("https://bucket.test:8443/a%20b.png?token=t0k3n", "https://bucket.test:8443/a%20b.png"),
+        ("https://[2001:db8::1]/cat.png?sig=s", "https://[2001:db8::1]/cat.png"),
+    ],
+)
+async def test_logs_drop_credentials_and_query_of_urls(
+    mock_http: aioresponses,
+    api_key: str,
+    caplog: pytest.LogCaptureFixture,
+    retry_waits: list[float],
+    tmp_path: Path,
+    image: str,
+    shown: str,
+) -> None:
+    """A presigned URL's signature, query or userinfo never reaches a log record."""
+    caplog.set_level(logging.DEBUG)
+    mock_http.post(ENDPOINT, status=503)
+    mock_http.post(ENDPOINT, payload={"image": image})
+    mock_http.get(image, status=503)
+    mock_http.get(image, body=b"\x89PNG\r\n\x1a\n" + bytes(32), content_type="image/png")
+    async with client() as api:
+        result = await api.upscale(image)
+        await api.download(result, tmp_path / "cat.png")
+    messages = [r.getMessage() for r in caplog.records if r.name == "monica_async"]
+    assert [f"upscale {shown}", f"download {shown}"] == [
+        m.split(": retrying")[0] for m in messages if "retrying" in m
+    ]
+    for secret in ("pw", "abc123", "AKIA", "t0k3n", "sig=s", "#f"):
+        assert secret not in caplog.text
+
+
 # -- secrets -------------------------------------------------------------------------
 
 
