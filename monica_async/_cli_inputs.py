@@ -192,13 +192,18 @@ def open_input(name: str, fmt: InputFormat = InputFormat.AUTO, *, stdin: IO[byte
     try:
         peeked, first = _peek(stream)
     except OSError as exc:
-        stream.close()
+        if name != "-":
+            stream.close()
         raise UsageError(f"cannot read input {name!r}: {exc.strerror or exc}") from None
     if fmt is InputFormat.AUTO:
         fmt = _sniff(first)
     source = InputSource(name, fmt, stream, regular_file=regular, peeked=peeked)
     if fmt is InputFormat.CSV:
-        source.url_column = _url_column(name, first)
+        try:
+            source.url_column = _url_column(name, first)
+        except UsageError:
+            source.close()
+            raise
     return source
 
 

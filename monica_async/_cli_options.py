@@ -100,7 +100,9 @@ class RateSpec:
         requests = int(match.group(1))
         per = float(match.group(2) or 1) * unit
         if requests < 1 or per <= 0:
-            raise UsageError(f"--rate needs at least 1 request in a window > 0, got {text!r}")
+            raise UsageError(
+                f"--rate needs at least 1 request in a window > 0 s, e.g. 60/min, got {text!r}"
+            )
         return cls(requests, per)
 
     def __str__(self) -> str:
