@@ -25,12 +25,18 @@ from typing import Final, Protocol, runtime_checkable
 import attrs
 
 from ._exceptions import InvalidRequestError
+from ._retry import is_testing
 
 __all__ = ["AdaptiveRateLimit", "RateLimit", "RateLimiter"]
 
 #: Pause after a 429 without ``Retry-After``; doubled on each 429 in a row.
 DEFAULT_PAUSE: Final = 1.0
 MAX_PAUSE: Final = 60.0
+#: Bounds of the default safety margin added to each window (seconds).
+MIN_MARGIN: Final = 0.015
+#: Successes in a second an adaptive limiter needs before it trusts them as a rate.
+_MIN_SAMPLES: Final = 3
+MAX_MARGIN: Final = 0.5
 
 
 @runtime_checkable
@@ -73,15 +79,24 @@ class _Pause:
     not_before: float = 0.0
     epoch: int = 0
     streak: int = 0
-    _last_success: float = 0.0
+    _since: float = -math.inf
 
-    def extend(self, retry_after: float | None, now: float) -> float:
-        """Move the pause to at least *retry_after* (or a growing default) from now."""
+    def extend(self, retry_after: float | None, now: float, started: float) -> float:
+        """Move the pause to at least *retry_after* (or a growing default) from now.
+
+        *started* is when the rejected attempt was let through: 429s answering
+        attempts sent before the last pause began belong to the same burst and do
+        not lengthen the default pause again.
+        """
+        if started >= self._since:
+            self.streak += 1
+            self._since = now
         if retry_after is None:
-            pause = min(DEFAULT_PAUSE * 2 ** min(self.streak, 16), MAX_PAUSE)
+            pause = min(DEFAULT_PAUSE * 2 ** min(self.streak - 1, 16), MAX_PAUSE)
         else:
             pause = max(0.0, retry_after)
-        self.streak += 1
+        if is_testing():
+            pause = 0.0
         # A little positive jitter so that the callers of several limiters (or processes)
         # who heard the same Retry-After do not all come back in the same millisecond.
         until = now + pause + random.uniform(0.0, min(0.1 * pause, 0.25))
@@ -149,14 +164,21 @@ class RateLimit(_Booking):
     algorithm of ATM networks, a leaky bucket kept as one "theoretical arrival time")
     spaces starts ``per / requests`` apart once *burst* back-to-back starts are spent.
 
+    What counts is what the server sees. Starts sent back to back reach the server
+    spread out by connection set-up and by the server working through them one by
+    one (measured on loopback: a burst of 100 arrived over 40 ms, enough to put 112
+    attempts in one of the server's 1 s windows), so the default is even pacing
+    (``burst=1``) and a margin that absorbs the jitter left.
+
     Args:
         requests: Attempts allowed per window.
         per: Window length in seconds.
-        burst: Attempts that may start back to back (default: *requests*, the
-            whole window at once). ``burst=1`` spreads starts evenly.
+        burst: Attempts that may start back to back (default 1: evenly spaced).
+            Up to *requests*; large bursts want a larger *margin*.
         margin: Seconds added to every window so that network jitter cannot
-            squeeze two windows' worth into one at the server. Default: 1% of
-            *per*, at most 0.5 s; steady throughput is ``requests / (per + margin)``.
+            squeeze more than *requests* into one window at the server. Default:
+            1% of *per*, at least 15 ms and at most 0.5 s; the steady rate is
+            ``requests / (per + margin)``.
 
     One instance may be shared by several clients in one process to share one budget.
     """
@@ -209,12 +231,14 @@ class RateLimit(_Booking):
     @property
     def effective_burst(self) -> int:
         """Back-to-back starts allowed."""
-        return self.requests if self.burst is None else self.burst
+        return 1 if self.burst is None else self.burst
 
     @property
     def effective_margin(self) -> float:
         """Seconds added to each window."""
-        return min(0.01 * self.per, 0.5) if self.margin is None else float(self.margin)
+        if self.margin is not None:
+            return float(self.margin)
+        return min(max(0.01 * self.per, MIN_MARGIN), MAX_MARGIN)
 
     @property
     def interval(self) -> float:
@@ -243,7 +267,7 @@ class RateLimit(_Booking):
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
         """Pause everyone sharing this limiter for *retry_after* (or a backoff)."""
-        return self._pause.extend(retry_after, time.monotonic())
+        return self._pause.extend(retry_after, time.monotonic(), started)
 
 
 @attrs.define(eq=False, repr=False)
@@ -251,11 +275,14 @@ class AdaptiveRateLimit(_Booking):
     """A limiter for a key whose limit is unknown: AIMD on the request rate.
 
     It starts at *start* requests per second (``None``: no limit until the first
-    429), divides the rate by two on a 429 (once per burst of 429s: answers to
-    attempts sent before the cut do not cut again) and then adds ``step`` requests
-    per second for every second of accepted traffic, up to *max_rate*. Starts are
-    spaced evenly (GCRA without burst). On the first 429 without a known rate, the
-    rate becomes what the server accepted during the last second.
+    429), multiplies the rate by *decrease* on a 429 (once per burst of 429s:
+    answers to attempts sent before the cut do not cut again) and then adds
+    ``max(1, 5% of the cut rate)`` requests per second for every second of accepted
+    traffic, up to *max_rate*.
+    Starts are spaced evenly (GCRA without burst). On the first 429 without a known
+    rate, the rate becomes 90% of what the server accepted during the last second,
+    or half of what was sent in it when that is more; a 429 before three
+    successes in a second only pauses (it tells nothing about the server's rate).
 
     This is what a client uses when it is given no ``rate_limit``: traffic is
     unlimited until the server says 429, then everyone pauses and resumes paced.
@@ -269,7 +296,9 @@ class AdaptiveRateLimit(_Booking):
     _rate: float | None = attrs.field(init=False, default=None)
     _tat: float = attrs.field(init=False, default=-math.inf)
     _last_cut: float = attrs.field(init=False, default=-math.inf)
-    _recent: deque[float] = attrs.field(init=False, factory=deque)
+    _accepted: deque[float] = attrs.field(init=False, factory=deque)
+    _sent: deque[float] = attrs.field(init=False, factory=deque)
+    _step: float = attrs.field(init=False, default=1.0)
 
     def __attrs_post_init__(self) -> None:
         for name in ("start", "max_rate"):
@@ -294,6 +323,7 @@ class AdaptiveRateLimit(_Booking):
     def _book(self, now: float) -> float:
         slot = max(now, self._pause.not_before)
         if self._rate is None:
+            _remember(self._sent, slot)
             return slot
         slot = max(slot, self._tat)
         self._tat = slot + 1.0 / self._rate
@@ -306,13 +336,11 @@ class AdaptiveRateLimit(_Booking):
     async def on_success(self, started: float) -> None:
         """Raise the rate a little (additive increase) and end a run of 429s."""
         self._pause.clear_streak()
-        now = time.monotonic()
-        self._recent.append(now)
-        while self._recent and self._recent[0] < now - 1.0:
-            self._recent.popleft()
-        if self._rate is not None:
-            # About +1 request/second for each second of traffic at the current rate.
-            self._rate += 1.0 / self._rate
+        if self._rate is None:
+            _remember(self._accepted, time.monotonic())
+        else:
+            # Additive increase: `step` requests/second more per second of traffic.
+            self._rate += self._step / self._rate
             if self.max_rate is not None:
                 self._rate = min(self._rate, self.max_rate)
 
@@ -322,13 +350,31 @@ class AdaptiveRateLimit(_Booking):
         if started >= self._last_cut:
             self._last_cut = now
             if self._rate is None:
-                # What the server just accepted in a second is the best guess at its limit.
-                seen = sum(1 for t in self._recent if t >= now - 1.0)
-                self._rate = max(self.min_rate, 0.9 * seen)
+                # What the server just accepted in a second is the best guess at its limit;
+                # with almost nothing seen yet there is no guess, only the pause.
+                accepted = _count_since(self._accepted, now - 1.0)
+                sent = _count_since(self._sent, now - 1.0)
+                if accepted >= _MIN_SAMPLES or sent >= 2 * _MIN_SAMPLES:
+                    self._rate = max(self.min_rate, 0.9 * accepted, 0.5 * sent)
+                    self._accepted.clear()
+                    self._sent.clear()
             else:
                 self._rate = max(self.min_rate, self._rate * self.decrease)
-            if self.max_rate is not None:
-                self._rate = min(self._rate, self.max_rate)
-        pause = self._pause.extend(retry_after, now)
+            if self._rate is not None:
+                if self.max_rate is not None:
+                    self._rate = min(self._rate, self.max_rate)
+                self._step = max(1.0, 0.05 * self._rate)
+        pause = self._pause.extend(retry_after, now, started)
         self._tat = max(self._tat, self._pause.not_before)
         return pause
+
+
+def _remember(times: deque[float], now: float) -> None:
+    """Append *now* and forget what is more than a second old."""
+    times.append(now)
+    while times[0] < now - 1.0:
+        times.popleft()
+
+
+def _count_since(times: deque[float], since: float) -> int:
+    return sum(1 for t in times if t >= since)

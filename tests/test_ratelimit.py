@@ -31,7 +31,7 @@ def book_all(limit: RateLimit, arrivals: list[float]) -> list[float]:
 
 def test_first_window_is_never_exceeded() -> None:
     """A full burst goes at once, and the next start waits a whole window plus margin."""
-    limit = RateLimit(5, per=1.0, margin=0.01)
+    limit = RateLimit(5, per=1.0, burst=5, margin=0.01)
     slots = book_all(limit, [0.0] * 6)
     assert slots[:5] == [0.0] * 5
     assert slots[5] == pytest.approx(1.01)
@@ -57,7 +57,7 @@ def test_steady_rate_reaches_the_configured_rate(
     requests: int, per: float, margin: float | None
 ) -> None:
     """Booked back to back, starts run at requests / (per + margin)."""
-    limit = RateLimit(requests, per=per, margin=margin)
+    limit = RateLimit(requests, per=per, burst=requests, margin=margin)
     count = requests * 20
     slots = book_all(limit, [0.0] * count)
     window = per + limit.effective_margin
@@ -74,15 +74,24 @@ def test_burst_one_spaces_starts_evenly() -> None:
     assert slots == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
 
 
-def test_default_margin_is_one_percent_capped() -> None:
-    """The default margin is 1% of the window, at most half a second."""
-    assert RateLimit(10, per=1.0).effective_margin == pytest.approx(0.01)
-    assert RateLimit(10, per=3600.0).effective_margin == pytest.approx(0.5)
+@pytest.mark.parametrize(
+    ("per", "margin"), [(0.5, 0.015), (1.0, 0.015), (10.0, 0.1), (3600.0, 0.5)]
+)
+def test_default_margin_is_one_percent_within_bounds(per: float, margin: float) -> None:
+    """The default margin is 1% of the window, at least 15 ms, at most half a second."""
+    assert RateLimit(10, per=per).effective_margin == pytest.approx(margin)
+
+
+def test_default_is_even_pacing() -> None:
+    """Without a burst, starts are spaced per / requests apart from the first one on."""
+    limit = RateLimit(5, per=1.0)
+    slots = book_all(limit, [0.0] * 3)
+    assert slots == pytest.approx([0.0, 0.2, 0.4])
 
 
 async def test_pause_moves_every_booking_behind_it_and_resumes_paced() -> None:
     """After a 429 nobody starts before the pause ends, and the burst allowance is empty."""
-    limit = RateLimit(10, per=1.0, margin=0.0)
+    limit = RateLimit(10, per=1.0, burst=10, margin=0.0)
     pause = await limit.on_rate_limited(2.0, started=time.monotonic())
     assert 2.0 <= pause <= 2.25
     now = time.monotonic()
@@ -96,17 +105,26 @@ async def test_pause_moves_every_booking_behind_it_and_resumes_paced() -> None:
 async def test_pause_without_retry_after_grows() -> None:
     """429s without Retry-After pause 1 s, then 2 s, then 4 s; a success resets it."""
     limit = RateLimit(10)
-    first = await limit.on_rate_limited(None, started=0.0)
-    second = await limit.on_rate_limited(None, started=0.0)
-    third = await limit.on_rate_limited(None, started=0.0)
+    first = await limit.on_rate_limited(None, started=time.monotonic())
+    second = await limit.on_rate_limited(None, started=time.monotonic())
+    third = await limit.on_rate_limited(None, started=time.monotonic())
     assert (round(first), round(second), round(third)) == (1, 2, 4)
-    await limit.on_success(started=0.0)
+    await limit.on_success(started=time.monotonic())
     assert limit._pause.streak == 0
+
+
+async def test_a_burst_of_429s_lengthens_the_pause_once() -> None:
+    """429s answering attempts sent before the pause began do not double it again."""
+    limit = RateLimit(10)
+    sent = time.monotonic()
+    pauses = [await limit.on_rate_limited(None, started=sent) for _ in range(5)]
+    assert max(pauses) < 1.5
+    assert limit._pause.streak == 1
 
 
 async def test_acquire_waits_for_its_slot() -> None:
     """acquire() really sleeps until the booked start (here half a second)."""
-    limit = RateLimit(2, per=0.5, margin=0.0)
+    limit = RateLimit(2, per=0.5, burst=2, margin=0.0)
     began = time.monotonic()
     waits = [await limit.acquire() for _ in range(3)]
     assert waits[0] < 0.05
@@ -165,7 +183,7 @@ def test_invalid_rate_limits_name_the_argument(kwargs: dict[str, object], messag
 
 def test_repr_shows_the_effective_settings() -> None:
     """repr() shows what the limiter really does, defaults resolved."""
-    assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=60, margin=0.5)"
+    assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=1, margin=0.5)"
 
 
 class TestAdaptive:
@@ -186,6 +204,13 @@ class TestAdaptive:
             await limit.on_success(started)
         await limit.on_rate_limited(1.0, started=started)
         assert limit.rate == pytest.approx(18.0)
+
+    async def test_a_429_before_any_traffic_only_pauses(self) -> None:
+        """With no successes to learn from, a 429 pauses but sets no rate."""
+        limit = RateLimit.adaptive()
+        pause = await limit.on_rate_limited(1.0, started=time.monotonic())
+        assert limit.rate is None
+        assert pause >= 1.0
 
     async def test_a_burst_of_429s_cuts_the_rate_once(self) -> None:
         """429s answering attempts sent before the cut do not cut again."""
