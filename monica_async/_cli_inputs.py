@@ -141,6 +141,9 @@ class InputSource:
             if not any(cell.strip() for cell in row):
                 continue
             if not header_seen:
+                # Format detection skipped "#" lines before the header; so does this.
+                if row[0].lstrip().startswith("#"):
+                    continue
                 header_seen = True
                 continue
             raw = ",".join(row)

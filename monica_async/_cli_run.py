@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import IO, Any, Final, TextIO
 
 from ._cli_inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
@@ -343,7 +343,6 @@ async def execute(
     stdin: IO[bytes] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    on_started: Callable[[], None] | None = None,
 ) -> int:
     """Run ``monica-upscale run`` with *options*; return the exit status.
 
@@ -353,19 +352,13 @@ async def execute(
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        return await _execute(options, stdin, out, err, on_started)
+        return await _execute(options, stdin, out)
     except UsageError as exc:
         print(f"monica-upscale: error: {exc}", file=err, flush=True)
         return EXIT_USAGE
 
 
-async def _execute(
-    options: RunOptions,
-    stdin: IO[bytes] | None,
-    out: TextIO,
-    err: TextIO,
-    on_started: Callable[[], None] | None,
-) -> int:
+async def _execute(options: RunOptions, stdin: IO[bytes] | None, out: TextIO) -> int:
     output = options.output
     done: set[int] = set()
     if options.resume:
@@ -382,38 +375,31 @@ async def _execute(
             raise UsageError(
                 f"cannot create --download-dir {str(options.download_dir)!r}: {exc.strerror or exc}"
             ) from None
-    inner = _limiter(options)
-    limiter = _StoppableLimiter(inner)
-    try:
-        client = _client(options, limiter)
-    except MonicaError as exc:
-        await inner.aclose()
-        raise UsageError(str(exc)) from None
-    source = open_input(
-        options.input,
-        options.input_format,
-        stdin=sys.stdin.buffer if stdin is None else stdin,
-    )
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        source = open_input(
+            options.input,
+            options.input_format,
+            stdin=sys.stdin.buffer if stdin is None else stdin,
+        )
+        stack.callback(source.close)
+        inner = _limiter(options)
+        stack.push_async_callback(inner.aclose)
+        limiter = _StoppableLimiter(inner)
+        try:
+            client = _client(options, limiter)
+        except MonicaError as exc:
+            raise UsageError(str(exc)) from None
+        stack.push_async_callback(client.aclose)
         log = ResultLog(output)
-    except BaseException:
-        source.close()
-        await client.aclose()
-        await inner.aclose()
-        raise
-    tally = Tally()
-    use_bar = out.isatty() if options.progress_bar is None else options.progress_bar
-    reporter: Reporter = (
-        BarReporter(tally, out) if use_bar else PlainReporter(tally, out, options.log_interval)
-    )
-    run = _Run(options, source, log, client, limiter, reporter, tally, done)
-    try:
-        return await _drive(run, on_started)
-    finally:
-        log.close()
-        source.close()
-        await client.aclose()
-        await inner.aclose()
+        stack.callback(log.close)
+        tally = Tally()
+        use_bar = out.isatty() if options.progress_bar is None else options.progress_bar
+        reporter: Reporter = (
+            BarReporter(tally, out) if use_bar else PlainReporter(tally, out, options.log_interval)
+        )
+        run = _Run(options, source, log, client, limiter, reporter, tally, done)
+        return await _drive(run)
+    raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows
 
 
 def _describe(run: _Run) -> str:
@@ -452,7 +438,7 @@ def _count_in_background(run: _Run) -> None:
     threading.Thread(target=count, name="monica-input-counter", daemon=True).start()
 
 
-async def _drive(run: _Run, on_started: Callable[[], None] | None) -> int:
+async def _drive(run: _Run) -> int:
     loop = asyncio.get_running_loop()
     options = run.options
     run.reporter.start(_describe(run))
@@ -483,8 +469,6 @@ async def _drive(run: _Run, on_started: Callable[[], None] | None) -> int:
         except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
             continue
         installed.append(signum)
-    if on_started is not None:
-        on_started()
     failure: UsageError | None = None
     try:
         await consumer

@@ -96,6 +96,12 @@ def test_csv_input_reads_the_url_column_by_header() -> None:
     assert expected == _pairs(_records(data))
 
 
+def test_csv_comment_lines_before_the_header_are_skipped() -> None:
+    """# lines before a CSV header are comments, as format detection assumes."""
+    data = b"# exported today\nurl,id\nhttp://a/1.png,1\n"
+    assert [(3, "http://a/1.png")] == _pairs(_records(data))
+
+
 def test_csv_record_spanning_lines_is_numbered_by_its_first_line() -> None:
     """A quoted field with a newline does not shift the numbers of later records."""
     data = b'url,note\nhttp://a/1.png,"two\nlines"\nhttp://a/2.png,x\n'
