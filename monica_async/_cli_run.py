@@ -300,7 +300,9 @@ class _Run:
     def fail_fast(self, error: MonicaError) -> None:
         """Stop after an error that every further request would get too."""
         if self.fatal is None:
-            self.fatal = f"the API refused the key ({error}); check MONICA_API_KEY"
+            self.fatal = (
+                f"the API refused the key ({error}); check MONICA_API_KEY or --api-key-file"
+            )
             self.request_stop()
 
     # -- the batch ------------------------------------------------------------------
