@@ -10,6 +10,7 @@ import email.utils
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -139,9 +140,27 @@ async def retrying(
 
     The final error is raised with its ``attempts`` set to the attempts made.
     """
+    began = time.monotonic()
+    # The first attempt runs outside tenacity: nearly every call succeeds at once, and
+    # building and driving tenacity's controller costs more CPU per call (measured
+    # ~140 us on loopback) than the rest of the client together.
+    try:
+        return await attempt(1)
+    except APIError as exc:
+        exc.attempts = 1
+        if policy.max_attempts == 1 or not should_retry(exc, policy):
+            raise
+        first = exc
+
+    async def replay(number: int) -> T:
+        if number == 1:
+            raise first
+        return await attempt(number)
+
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(policy.max_attempts)
     if policy.deadline is not None:
-        stop = stop | tenacity.stop_before_delay(policy.deadline)
+        # tenacity's clock starts now; the deadline counts from the first attempt.
+        stop = stop | tenacity.stop_before_delay(policy.deadline - (time.monotonic() - began))
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         _log_retry(policy, what)(state)
@@ -163,7 +182,7 @@ async def retrying(
         with round_:
             number = round_.retry_state.attempt_number
             try:
-                return await attempt(number)
+                return await replay(number)
             except APIError as exc:
                 exc.attempts = number
                 raise
