@@ -56,6 +56,12 @@ _RETRY_MAX: Final = 5.0
 # A pause that starts during a wait this short cannot be told apart from one that
 # starts just after the attempt: asking Redis again would cost more than it saves.
 _RECHECK_AFTER: Final = 0.002
+# A caller confirms its slot this many round trips before it (within the bounds), so
+# that the confirmation's own round trip does not delay the start.
+_CONFIRM_LEAD: Final = 3
+_CONFIRM_LEAD_BOUNDS: Final = (0.001, 0.1)
+# How long a measurement of the Redis clock stays usable.
+_CLOCK_SAMPLE_AGE: Final = 60.0
 _US: Final = 1_000_000
 
 
@@ -73,28 +79,56 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+@attrs.define
+class _Clock:
+    """Where a Redis TIME reading falls on this process's ``time.monotonic()``.
+
+    A reply read late (a busy event loop, a process waiting for a CPU) would delay
+    a start by as much if the slot were counted from the reply's arrival. Instead,
+    as NTP does, each call brackets the Redis reading between its send and receive
+    times and the tightest bracket seen lately gives the offset between the clocks.
+    Only durations ever cross machines: the offset is to this process's own clock.
+    """
+
+    # (received at, round trip, offset), the tightest bracket first.
+    _best: tuple[float, float, float] | None = None
+
+    def observe(self, sent: float, received: float, redis_us: int) -> None:
+        """Record a call sent at *sent*, answered at *received*, that read *redis_us*."""
+        rtt = received - sent
+        offset = (sent + received) / 2 - redis_us / _US
+        best = self._best
+        if (
+            best is None
+            or rtt <= best[1]
+            or received - best[0] > _CLOCK_SAMPLE_AGE
+            # Brackets that do not overlap: a clock was stepped; the old one is wrong.
+            or abs(offset - best[2]) > (rtt + best[1]) / 2
+        ):
+            self._best = (received, rtt, offset)
+
+    @property
+    def rtt(self) -> float:
+        """The shortest round trip seen lately, in seconds."""
+        return 0.0 if self._best is None else self._best[1]
+
+    def local(self, redis_us: int) -> float:
+        """The ``time.monotonic()`` reading at Redis time *redis_us*."""
+        assert self._best is not None, "observe() first"
+        return redis_us / _US + self._best[2]
+
+
 @attrs.frozen
 class _Slot:
-    """A booked start time, as the script answers: how long to wait, under which id."""
+    """A booked start time, as the script answers it."""
 
-    wait: float
+    wait: float  # seconds from the script's run to the slot
+    due: float  # the slot on this process's time.monotonic()
     epoch: int
     member: str
     streak: int
     peers: int
     pause_left: float
-
-    @classmethod
-    def from_reply(cls, reply: list[Any]) -> _Slot:
-        wait, epoch, member, streak, peers, pause_left = reply
-        return cls(
-            wait=int(wait) / _US,
-            epoch=int(epoch),
-            member=_text(member),
-            streak=int(streak),
-            peers=int(peers),
-            pause_left=int(pause_left) / _US,
-        )
 
 
 @attrs.define(eq=False)
@@ -106,6 +140,7 @@ class _Script:
     shape: RateLimit
     peer: str
     noscript: type[Exception]
+    clock: _Clock = attrs.field(factory=_Clock)
     _sha: str | None = attrs.field(default=None, init=False)
 
     async def _call(self, mode: str, *args: object) -> Any:
@@ -128,10 +163,24 @@ class _Script:
             return await self.client.evalsha(self._sha, len(self.keys), *self.keys, *argv)
 
     async def book(self, member: str, held: _Slot | None = None) -> _Slot:
-        """Book a slot for *member*, or confirm *held* after its caller slept."""
+        """Book a slot for *member*, or confirm *held* just before its start."""
         extra = ("", "") if held is None else (held.member, held.epoch)
+        sent = time.monotonic()
         reply = await self._call("book", member, self.peer, *extra)
-        return _Slot.from_reply(reply)
+        return self._slot(reply, sent, time.monotonic())
+
+    def _slot(self, reply: list[Any], sent: float, received: float) -> _Slot:
+        wait, epoch, member, streak, peers, pause_left, now = reply
+        self.clock.observe(sent, received, int(now))
+        return _Slot(
+            wait=int(wait) / _US,
+            due=self.clock.local(int(now) + int(wait)),
+            epoch=int(epoch),
+            member=_text(member),
+            streak=int(streak),
+            peers=int(peers),
+            pause_left=int(pause_left) / _US,
+        )
 
     async def pause(self, retry_after: float | None, u: float) -> tuple[float, int, int]:
         """Move the shared pause; return (seconds left, epoch, streak)."""
@@ -299,7 +348,7 @@ class RedisRateLimit:
     def __repr__(self) -> str:
         return (
             f"RedisRateLimit({self.requests}, per={self.per}, "
-            f"burst={self._shape.effective_burst}, margin={self._shape.effective_margin}, "
+            f"burst={self.effective_burst}, margin={self.effective_margin}, "
             f"key={self.key!r}, on_unavailable={self.on_unavailable!r})"
         )
 
@@ -313,6 +362,16 @@ class RedisRateLimit:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def effective_burst(self) -> int:
+        """Back-to-back starts allowed."""
+        return self._shape.effective_burst
+
+    @property
+    def effective_margin(self) -> float:
+        """Seconds added to each window."""
+        return self._shape.effective_margin
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -345,17 +404,30 @@ class RedisRateLimit:
         except BaseException:
             self._give_back(member)  # cancelled while Redis may have booked it
             raise
-        while slot.wait > 0:
-            member = self._next_member()  # used only if the slot must move
+        if slot.wait <= 0:
+            return time.monotonic() - began
+        # A caller that has to wait asks once more just before its slot (a pause may
+        # have been set meanwhile by any sharer), then sleeps the last moment away.
+        confirmed = slot.wait < _RECHECK_AFTER
+        while True:
+            member = self._next_member()  # used only if the slot has to move
             try:
-                await asyncio.sleep(slot.wait + self._jitter())
-                if slot.wait < _RECHECK_AFTER:
+                left = slot.due - time.monotonic()
+                if confirmed:
+                    if left > 0:
+                        await asyncio.sleep(left + self._jitter())
                     break
-                slot = await self._run(self._script.book(member, slot))
+                low, high = _CONFIRM_LEAD_BOUNDS
+                lead = min(max(_CONFIRM_LEAD * self._script.clock.rtt, low), high)
+                if left > lead:
+                    await asyncio.sleep(left - lead)
+                held = slot
+                slot = await self._run(self._script.book(member, held))
+                confirmed = slot.member == held.member or slot.wait < _RECHECK_AFTER
             except _Unavailable as exc:
                 if self.on_unavailable == "fail":
                     raise self._unavailable_error(exc) from exc.__cause__
-                break  # the slot was booked before Redis went away: it is still ours
+                confirmed = True  # booked before Redis went away: the slot is still ours
             except BaseException:
                 self._give_back(slot.member, member)
                 raise

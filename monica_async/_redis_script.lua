@@ -17,10 +17,10 @@
 -- KEYS[3]  sorted set: limiters seen lately, member = limiter id, score = last seen
 -- ARGV     mode, requests, per, margin, burst, then per mode:
 --   book     member, limiter id, [held member, held epoch]
---            With a held booking (a caller that slept until its slot): keep it if the
---            pause did not move meanwhile (or is already over), else give it back and
+--            With a held booking (a caller about to start): keep it if the pause did
+--            not move since it was booked (or is already over), else give it back and
 --            book again behind the pause.
---            Returns {wait, epoch, member, streak, peers, pause left}.
+--            Returns {wait, epoch, member, streak, peers, pause left, now}.
 --   pause    retry-after ('' for none), u in [0, 1), default pause, longest default
 --            Returns {pause left, epoch, streak}.
 --   success  (ends a streak of 429s) Returns 0.
@@ -86,8 +86,10 @@ if mode == 'book' then
     local seen = redis.call('ZCARD', peers)
 
     if held and held ~= '' then
-        if held_epoch == epoch or now >= nb then
-            return {0, epoch, held, streak, seen, pause_left()}
+        local kept = tonumber(redis.call('ZSCORE', log, held))
+        if kept and (held_epoch == epoch or now >= nb) then
+            local wait = math.max(0, math.ceil(kept - now))
+            return {wait, epoch, held, streak, seen, pause_left(), now}
         end
         -- The pause moved while the caller slept: its slot may fall inside it.
         redis.call('ZREM', log, held)
@@ -114,7 +116,7 @@ if mode == 'book' then
     redis.call('ZADD', log, slot, member)
     redis.call('HSET', state, 'tat', tat)
     expire()
-    return {math.ceil(slot - now), epoch, member, streak, seen, pause_left()}
+    return {math.ceil(slot - now), epoch, member, streak, seen, pause_left(), now}
 end
 
 if mode == 'pause' then

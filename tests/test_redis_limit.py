@@ -259,15 +259,42 @@ async def test_after_a_pause_starts_resume_paced_not_as_a_burst(
 async def test_a_held_booking_stands_when_the_pause_did_not_move(
     redis_client: redis.asyncio.Redis,
 ) -> None:
-    """A caller waking up keeps its slot: the confirmation books nothing new."""
+    """A caller confirming before its start keeps its slot: nothing new is booked and
+    the answer is the time left until that slot."""
     script = script_for(redis_client, 1, 10.0)
     await script.book("m0")
     held = await script.book("m1")
 
     confirmed = await script.book("m2", held)
 
-    assert ("m1", 0.0) == (confirmed.member, confirmed.wait)
-    assert 2 == await redis_client.zcard(script.keys[1])
+    assert "m1" == confirmed.member
+    assert held.wait - 1.0 < confirmed.wait <= held.wait
+    assert [b"m0", b"m1"] == await redis_client.zrange(script.keys[1], 0, -1)
+
+
+async def test_a_held_booking_that_is_gone_is_booked_again(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A held slot missing from the log (keys expired) is replaced by a new booking."""
+    script = script_for(redis_client, 5, 10.0)
+    held = await script.book("m0")
+    await redis_client.delete(*script.keys)
+
+    replaced = await script.book("m1", held)
+
+    assert ("m1", 0.0) == (replaced.member, replaced.wait)
+
+
+async def test_slots_map_onto_this_process_clock(redis_client: redis.asyncio.Redis) -> None:
+    """A slot's local due time is its wait after the Redis reading, give or take a round
+    trip: a late reply does not delay the start."""
+    script = script_for(redis_client, 1, 10.0)
+    await script.book("m0")
+    before = time.monotonic()
+
+    slot = await script.book("m1")
+
+    assert before + slot.wait - 0.1 < slot.due <= time.monotonic() + slot.wait
 
 
 async def test_a_held_booking_is_moved_behind_a_new_pause(
