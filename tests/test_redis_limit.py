@@ -36,7 +36,7 @@ from monica_async import (
     RateLimiterUnavailableError,
     RetryPolicy,
 )
-from monica_async._redis import DEFAULT_PREFIX, SCRIPT, RedisRateLimit, _Script
+from monica_async._redis import DEFAULT_PREFIX, SCRIPT, RedisRateLimit, _Clock, _Script
 from monica_async.testing import FakeMonicaServer, Fault
 
 if TYPE_CHECKING:
@@ -283,6 +283,34 @@ async def test_a_held_booking_that_is_gone_is_booked_again(
     replaced = await script.book("m1", held)
 
     assert ("m1", 0.0) == (replaced.member, replaced.wait)
+
+
+def test_the_clock_trusts_the_tightest_bracket() -> None:
+    """Of two readings, the one with the shorter round trip sets the offset."""
+    clock = _Clock()
+    clock.observe(sent=10.0, received=10.2, redis_us=5 * US)  # read somewhere in 0.2 s
+    clock.observe(sent=11.0, received=11.002, redis_us=6 * US)  # within 2 ms
+
+    assert 11.001 == pytest.approx(clock.local(6 * US), abs=1e-9)
+    assert 0.002 == pytest.approx(clock.rtt)
+
+
+def test_the_clock_forgets_a_bracket_a_stepped_clock_contradicts() -> None:
+    """A reading that cannot fit the best bracket (a clock was stepped) replaces it."""
+    clock = _Clock()
+    clock.observe(sent=10.0, received=10.001, redis_us=5 * US)
+    clock.observe(sent=11.0, received=11.01, redis_us=7 * US)  # Redis jumped 1 s ahead
+
+    assert 11.005 == pytest.approx(clock.local(7 * US), abs=1e-9)
+
+
+def test_the_clock_renews_an_old_bracket() -> None:
+    """After a minute, a looser but recent reading replaces the tightest one."""
+    clock = _Clock()
+    clock.observe(sent=10.0, received=10.001, redis_us=5 * US)
+    clock.observe(sent=100.0, received=100.01, redis_us=95 * US)
+
+    assert 0.01 == pytest.approx(clock.rtt)
 
 
 async def test_slots_map_onto_this_process_clock(redis_client: redis.asyncio.Redis) -> None:
