@@ -166,7 +166,7 @@ def _success(
 
 def _failure(
     record: InputRecord,
-    error: MonicaError,
+    error: Exception,
     began: float,
     *,
     stage: str,
@@ -286,7 +286,7 @@ class _Run:
         path = self.options.download_dir / download_name(record.line, record.source, result.url)
         try:
             await self.client.download(result, path)
-        except MonicaError as exc:
+        except (MonicaError, OSError) as exc:  # OSError: the local disk, not the API
             self.write(
                 _failure(record, exc, began, stage="download", result=result),
                 ok=False,
@@ -481,6 +481,8 @@ async def _drive(run: _Run) -> int:
         failure = exc
     except MonicaError as exc:
         failure = UsageError(str(exc))
+    except OSError as exc:
+        failure = UsageError(f"writing the results failed: {exc.strerror or exc}")
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

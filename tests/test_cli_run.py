@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from monica_async._cli import build_parser, run_options
+from monica_async._cli_output import download_name
 from monica_async._cli_run import execute
 from monica_async.testing import FakeMonicaServer, Fault
 
@@ -359,6 +360,21 @@ async def test_failed_download_fails_the_input(
         error["type"],
         error["status"],
     )
+
+
+async def test_download_that_cannot_be_written_fails_the_input(
+    run_cli: RunCli, server: FakeMonicaServer, tmp_path: Path
+) -> None:
+    """A local disk error while saving a result fails that input; the run goes on."""
+    urls = _urls(server, 2)
+    path = _write(tmp_path / "in.txt", urls)
+    # A directory where the first result's file should go: the rename onto it fails.
+    (tmp_path / "images" / download_name(1, urls[0], "x.png")).mkdir(parents=True)
+    result = await run_cli(path, "--base-url", server.base_url, "--download-dir", "images")
+    outcomes = sorted(
+        (r["line"], r["ok"], r["error"] and r["error"]["stage"]) for r in result.records
+    )
+    assert (1, [(1, False, "download"), (2, True, None)]) == (result.code, outcomes)
 
 
 # -- shards -----------------------------------------------------------------------------
