@@ -24,7 +24,7 @@ STARTUP_TIMEOUT = 15.0
 
 def redis_binary() -> str | None:
     """The redis-server to run: ``$REDIS_SERVER``, else the one on ``PATH``."""
-    return os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    return shutil.which(os.environ.get("REDIS_SERVER") or "redis-server")
 
 
 def free_port() -> int:
