@@ -1,0 +1,245 @@
+"""Throughput and client CPU: monica-async next to raw aiohttp, httpx and aiometer.
+
+The fake server answers at once (no latency) in its own process; every contender
+sends the same requests (distinct image URLs, the same JSON body and headers, the
+answer read and parsed) at the same concurrency. Contenders run in turn, in a
+different order each round, and each figure is the median of the rounds; the ratio
+is taken to the baseline (raw aiohttp workers) of the same round.
+
+    python -m benchmarks --only throughput
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import json
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiohttp
+import aiometer
+import attrs
+import httpx
+
+from monica_async import MonicaClient, RateLimit, RateLimiter
+
+from ._common import API_KEY, FakeServer, Json, Table, images, median
+
+NAME = "throughput"
+
+HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+BASELINE = "aiohttp workers"
+#: httpx is an order of magnitude slower here; it gets this share of the requests so
+#: that a round does not take minutes (its rate is still measured over seconds).
+HTTPX_SHARE = 0.025
+
+#: A contender: (base_url, requests, concurrency) -> requests answered 200 with an image.
+Contender = Callable[[str, int, int], Coroutine[Any, Any, int]]
+
+
+def _body(url: str) -> bytes:
+    return json.dumps({"image": url, "scale": 2}).encode()
+
+
+async def _post(session: aiohttp.ClientSession, endpoint: str, url: str) -> bool:
+    async with session.post(endpoint, data=_body(url), headers=HEADERS) as response:
+        raw = await response.read()
+    return response.status == 200 and "image" in json.loads(raw)
+
+
+async def aiohttp_workers(base_url: str, count: int, concurrency: int) -> int:
+    """*concurrency* tasks pull from one shared iterator: one task per worker."""
+    endpoint = f"{base_url}/v1/image/tool/upscale"
+    urls = images(base_url, count)
+    ok = 0
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            for url in urls:
+                # Not `ok += await ...`: that reads `ok` before the await and loses updates.
+                done = await _post(session, endpoint, url)
+                ok += done
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+async def aiohttp_gather(base_url: str, count: int, concurrency: int) -> int:
+    """One task per request, a semaphore for the concurrency."""
+    endpoint = f"{base_url}/v1/image/tool/upscale"
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+
+        async def one(url: str) -> bool:
+            async with semaphore:
+                return await _post(session, endpoint, url)
+
+        done = await asyncio.gather(*(one(url) for url in images(base_url, count)))
+    return sum(done)
+
+
+async def httpx_semaphore(base_url: str, count: int, concurrency: int) -> int:
+    """httpx.AsyncClient, one task per request, a semaphore for the concurrency."""
+    endpoint = f"{base_url}/v1/image/tool/upscale"
+    semaphore = asyncio.Semaphore(concurrency)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120, trust_env=False) as client:
+
+        async def one(url: str) -> bool:
+            async with semaphore:
+                response = await client.post(endpoint, content=_body(url), headers=HEADERS)
+            return response.status_code == 200 and "image" in json.loads(response.content)
+
+        done = await asyncio.gather(*(one(url) for url in images(base_url, count)))
+    return sum(done)
+
+
+async def aiometer_aiohttp(base_url: str, count: int, concurrency: int) -> int:
+    """aiometer.amap over aiohttp with ``max_at_once``."""
+    endpoint = f"{base_url}/v1/image/tool/upscale"
+    ok = 0
+    async with aiohttp.ClientSession() as session:
+        post = functools.partial(_post, session, endpoint)
+        # aiometer wants a sequence, not a generator.
+        urls = list(images(base_url, count))
+        async with aiometer.amap(post, urls, max_at_once=concurrency) as results:
+            async for done in results:
+                ok += done
+    return ok
+
+
+def monica(make_limiter: Callable[[], RateLimiter | None]) -> Contender:
+    """monica-async's ``upscale_many`` with the limiter *make_limiter* builds."""
+
+    async def run(base_url: str, count: int, concurrency: int) -> int:
+        ok = 0
+        async with MonicaClient(
+            API_KEY, base_url=base_url, max_concurrency=concurrency, rate_limit=make_limiter()
+        ) as client:
+            async for outcome in client.upscale_many(images(base_url, count), workers=concurrency):
+                ok += outcome.ok
+        return ok
+
+    return run
+
+
+CONTENDERS: dict[str, Contender] = {
+    BASELINE: aiohttp_workers,
+    "aiohttp gather+semaphore": aiohttp_gather,
+    "aiometer.amap (aiohttp)": aiometer_aiohttp,
+    "httpx + semaphore": httpx_semaphore,
+    "monica-async (default limiter)": monica(lambda: None),
+    "monica-async RateLimit(10**6)": monica(lambda: RateLimit(10**6)),
+}
+
+
+@attrs.frozen
+class Sample:
+    """One measured run of one contender."""
+
+    requests: int
+    ok: int
+    wall: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self.requests / self.wall
+
+    @property
+    def cpu_per_1k(self) -> float:
+        """Client CPU seconds per 1,000 requests."""
+        return 1000 * self.cpu / self.requests
+
+
+def measure(contender: Contender, base_url: str, count: int, concurrency: int) -> Sample:
+    """Run *contender* once in a fresh event loop; time it (wall and this process's CPU)."""
+
+    async def timed() -> Sample:
+        wall, cpu = time.perf_counter(), time.process_time()
+        ok = await contender(base_url, count, concurrency)
+        return Sample(count, ok, time.perf_counter() - wall, time.process_time() - cpu)
+
+    gc.collect()
+    return asyncio.run(timed())
+
+
+def compare(
+    server: FakeServer,
+    *,
+    count: int,
+    concurrencies: tuple[int, ...],
+    rounds: int,
+    contenders: dict[str, Contender] = CONTENDERS,
+) -> Json:
+    """Run every contender *rounds* times at each concurrency; medians and ratios."""
+    names = list(contenders)
+    samples: dict[int, dict[str, list[Sample]]] = {
+        c: {name: [] for name in names} for c in concurrencies
+    }
+    for round_ in range(rounds):
+        for concurrency in concurrencies:
+            # Rotate the order so that no contender always runs first (cold) or last.
+            shift = round_ % len(names)
+            for name in names[shift:] + names[:shift]:
+                n = max(2 * concurrency, int(count * HTTPX_SHARE)) if "httpx" in name else count
+                server.reset()
+                sample = measure(contenders[name], server.base_url, n, concurrency)
+                accepted = server.stats().accepted
+                if sample.ok != n or accepted != n:
+                    raise RuntimeError(f"{name}: {sample.ok} ok, server accepted {accepted} of {n}")
+                samples[concurrency][name].append(sample)
+    result: Json = {"requests": count, "rounds": rounds, "by_concurrency": {}}
+    for concurrency in concurrencies:
+        base = samples[concurrency][BASELINE]
+        rows = {}
+        for name in names:
+            mine = samples[concurrency][name]
+            ratios = [s.rate / b.rate for s, b in zip(mine, base, strict=True)]
+            rows[name] = {
+                "requests": mine[0].requests,
+                "rate": median([s.rate for s in mine]),
+                "cpu_per_1k": median([s.cpu_per_1k for s in mine]),
+                "ratio": median(ratios),
+                "rates": [round(s.rate, 1) for s in mine],
+            }
+        result["by_concurrency"][str(concurrency)] = rows
+    return result
+
+
+def run(quick: bool) -> Json:
+    """The throughput benchmark: zero latency, concurrency 16 and 64."""
+    count = 3_000 if quick else 20_000
+    rounds = 1 if quick else 3
+    with FakeServer() as server:
+        return compare(server, count=count, concurrencies=(16, 64), rounds=rounds)
+
+
+def table(result: Json) -> str:
+    """Render :func:`run`'s result."""
+    out = Table(
+        f"Throughput, zero server latency ({result['requests']:,} requests, median of "
+        f"{result['rounds']} round(s))",
+        ["contender", "conc", "requests", "req/s", "ratio", "CPU ms/1k req", "rounds req/s"],
+    )
+    for concurrency, rows in result["by_concurrency"].items():
+        for name, row in rows.items():
+            out.add(
+                name,
+                int(concurrency),
+                row["requests"],
+                row["rate"],
+                row["ratio"],
+                1000 * row["cpu_per_1k"],
+                " ".join(f"{r:.0f}" for r in row["rates"]),
+            )
+    out.note(
+        f"ratio: median of each round's rate over the same round's '{BASELINE}' rate "
+        "(target for monica-async: >= 0.95). CPU: the client process's CPU time."
+    )
+    return out.render()
