@@ -72,6 +72,8 @@ def machine() -> Json:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "library_changes": bool(_git("status", "--porcelain", "--", "monica_async")),
         "nproc": os.cpu_count(),
         "cpu_model": model,
         "python": platform.python_version(),
@@ -80,6 +82,17 @@ def machine() -> Json:
         "loadavg_start": list(os.getloadavg()),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in this checkout, or None outside one."""
+    try:
+        done = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return done.stdout.strip()
 
 
 def run_one(name: str, quick: bool) -> Json:
@@ -155,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         load = report["machine"]
         print(
             f"{len(names)} benchmark(s) in {report['seconds']:.0f} s on {load['nproc']} CPU(s) "
-            f"({load['cpu_model']}); load average {load['loadavg_start'][0]:.2f} at the start, "
+            f"({load['cpu_model']}), Python {load['python']}, commit {load['commit']}; "
+            f"load average {load['loadavg_start'][0]:.2f} at the start, "
             f"{load['loadavg_end'][0]:.2f} at the end."
         )
     return 0
