@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib.util
 import io
+import itertools
 import json
 import os
 import sys
@@ -41,7 +42,8 @@ def load_example(name: str) -> ModuleType:
     """Import ``examples/<name>.py`` (not a package) as a module, once."""
     if name not in _loaded:
         spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-        assert spec is not None and spec.loader is not None
+        assert spec is not None
+        assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _loaded[name] = module
@@ -383,12 +385,12 @@ async def test_batch_script_respects_its_rate(fake: FakeMonicaServer, tmp_path: 
 
     assert 0 == code, err
     times = sorted(fake.stats.accepted_times)
-    assert all(later - earlier >= 0.45 for earlier, later in zip(times, times[1:], strict=False))
+    assert all(later - earlier >= 0.45 for earlier, later in itertools.pairwise(times))
 
 
 async def test_batch_script_without_a_key_exits_2(tmp_path: Path) -> None:
     """No API key: one error line naming the variable, exit 2, nothing sent."""
-    code, out, err, results = await run_batch_script(
+    code, _out, err, results = await run_batch_script(
         None, tmp_path, ["https://example.com/a.png"], key=""
     )
 
