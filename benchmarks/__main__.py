@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run the benchmarks, print their tables, save JSON and a plot.
 
-    python -m benchmarks [--quick] [--only NAME ...] [--json PATH] [--plot PATH]
+    python -m benchmarks [--quick] [--only NAME ...] [--json PATH] [--plot PATH] [--update]
 
 ``--quick`` shrinks every benchmark so that the whole run takes under a minute:
 a smoke test of the programs, not figures to quote.
@@ -120,6 +120,19 @@ def run_side_by_side(names: Sequence[str], quick: bool) -> dict[str, Json]:
     return results
 
 
+def _merge(earlier: Json, rerun: Json) -> Json:
+    """*earlier* with the benchmarks of *rerun* replaced, each marked with its own run."""
+    if earlier.get("quick") != rerun["quick"]:
+        raise SystemExit("--update: the JSON file holds a run of the other kind (--quick or not)")
+    merged = dict(earlier)
+    merged["results"] = dict(earlier["results"])
+    for name, result in rerun["results"].items():
+        merged["results"][name] = {**result, "rerun": rerun["machine"]}
+    # In the usual order, whichever run each came from.
+    merged["results"] = {n: merged["results"][n] for n in MODULES if n in merged["results"]}
+    return merged
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse *argv*, run the chosen benchmarks and write their results."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
@@ -130,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=str(RESULTS / "results.json"), metavar="PATH")
     parser.add_argument(
         "--plot", default=str(RESULTS / "results.png"), metavar="PATH", help="'' for none"
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other benchmarks' results already in the JSON file (rerun some only)",
     )
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -157,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["seconds"] = round(time.perf_counter() - began, 1)
     report["results"] = {name: results[name] for name in names}
+    if args.update and args.json and Path(args.json).exists():
+        report = _merge(json.loads(Path(args.json).read_text()), report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

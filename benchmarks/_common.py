@@ -7,7 +7,6 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -182,8 +181,13 @@ def rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     """Highest resident set size of this process so far (the kernel's own record)."""
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a
+    # child started by a big parent would report the parent's peak as its own.
+    with open(f"/proc/{os.getpid()}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # in kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def side_by_side(function: Callable[[T], R], inputs: Sequence[T]) -> list[R]:

@@ -5,7 +5,7 @@ server process of its own; only the client process is measured (the server keeps
 every arrival time in its stats, which is its memory, not the client's).
 
 Reported: RSS at the start (imports done, client open), the peak (the kernel's
-``ru_maxrss``), and the growth per 100k inputs between the 10% mark and the end,
+``VmHWM``), and the growth per 100k inputs between the 10% mark and the end,
 which stays near zero when nothing accumulates per input.
 
     python -m benchmarks --only memory
