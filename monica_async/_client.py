@@ -330,7 +330,7 @@ class MonicaClient:
         async def attempt(number: int) -> _Attempt:
             if number > 1:
                 stats.retries += 1
-            return await self._attempt(session, image, scale, attempt_timeout, number)
+            return await self._attempt(session, image, scale, attempt_timeout, number, policy)
 
         try:
             done = await _retry.retrying(attempt, policy, what=f"upscale {_loggable(image)}")
@@ -357,6 +357,7 @@ class MonicaClient:
         scale: int,
         timeout: aiohttp.ClientTimeout,
         number: int,
+        policy: RetryPolicy,
     ) -> _Attempt:
         stats = self._stats
         async with self._semaphore:
@@ -369,7 +370,12 @@ class MonicaClient:
             except RateLimitError as exc:
                 exc.attempts = number
                 stats.rate_limited += 1
-                await self.rate_limit.on_rate_limited(exc.retry_after, started)
+                # A Retry-After longer than the policy honours fails this call at once;
+                # pausing every other caller for that long would stall them all.
+                pause = exc.retry_after
+                if pause is not None:
+                    pause = min(pause, policy.max_retry_after)
+                await self.rate_limit.on_rate_limited(pause, started)
                 raise
             finally:
                 stats.in_flight -= 1

@@ -36,6 +36,8 @@ MAX_PAUSE: Final = 60.0
 MIN_MARGIN: Final = 0.015
 #: Successes in a second an adaptive limiter needs before it trusts them as a rate.
 _MIN_SAMPLES: Final = 3
+#: Seconds over which callers resume after a pause when no rate is known.
+_RESUME_SPREAD: Final = 0.25
 MAX_MARGIN: Final = 0.5
 
 
@@ -323,6 +325,10 @@ class AdaptiveRateLimit(_Booking):
     def _book(self, now: float) -> float:
         slot = max(now, self._pause.not_before)
         if self._rate is None:
+            if slot > now:
+                # No rate learned yet: spread the callers the pause held over a moment
+                # instead of letting them all start in the same millisecond.
+                slot += random.uniform(0.0, _RESUME_SPREAD)
             _remember(self._sent, slot)
             return slot
         slot = max(slot, self._tat)

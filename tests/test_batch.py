@@ -15,6 +15,7 @@ from monica_async import (
     InvalidRequestError,
     MonicaClient,
     RateLimit,
+    RateLimitError,
     RetryPolicy,
     set_testing,
 )
@@ -339,3 +340,18 @@ async def test_a_429_pauses_everyone_by_default() -> None:
     # A client that only honours Retry-After per request gets about 0.7; the shared
     # pause and paced resume keep it far lower. Generous bound: timing on shared CI.
     assert statuses[429] / statuses[200] < 0.5
+
+
+async def test_a_long_retry_after_pauses_others_no_longer_than_the_policy_honours(
+    server: FakeMonicaServer,
+) -> None:
+    """Retry-After: 3600 fails the call at once and pauses the limiter for max_retry_after."""
+    server.retry_after = 3600
+    server.queue_faults([Fault.HTTP_429])
+    limit = RateLimit(100)
+    retry = RetryPolicy(max_retry_after=1.0)
+    async with client_for(server, rate_limit=limit, retry=retry) as client:
+        with pytest.raises(RateLimitError) as info:
+            await client.upscale(urls(1)[0])
+    assert (info.value.retry_after, info.value.attempts) == (3600, 1)
+    assert limit._pause.not_before - time.monotonic() < 1.5

@@ -212,6 +212,15 @@ class TestAdaptive:
         assert limit.rate is None
         assert pause >= 1.0
 
+    async def test_callers_resume_spread_out_when_no_rate_is_known(self) -> None:
+        """After a pause without a learned rate, bookings spread over a quarter second."""
+        limit = RateLimit.adaptive()
+        await limit.on_rate_limited(1.0, started=time.monotonic())
+        now = time.monotonic()
+        slots = [limit._book(now) for _ in range(50)]
+        assert min(slots) >= limit._pause.not_before
+        assert 0.05 < max(slots) - min(slots) <= 0.25
+
     async def test_a_burst_of_429s_cuts_the_rate_once(self) -> None:
         """429s answering attempts sent before the cut do not cut again."""
         limit = RateLimit.adaptive(start=10.0)
