@@ -33,7 +33,9 @@ def set_testing(testing: bool) -> None:
     """Make every retry wait (backoff, ``Retry-After``) last 0 seconds, or stop doing so.
 
     For tests, the library's own and yours: retries still happen and are counted,
-    they just do not sleep. Rate limiters still pace real time.
+    they just do not sleep. The 429 pause of the in-process limiters (`RateLimit`,
+    `AdaptiveRateLimit`) lasts 0 seconds too; a `RedisRateLimit` keeps its pause in
+    Redis and still honours it. Rate limits themselves still pace real time.
     """
     global _testing
     _testing = testing
