@@ -175,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["machine"]["loadavg_end"] = list(os.getloadavg())
     report["seconds"] = round(time.perf_counter() - began, 1)
     report["results"] = {name: results[name] for name in names}
+    summary = (
+        f"{len(names)} benchmark(s) in {report['seconds']:.0f} s on {report['machine']['nproc']} "
+        f"CPU(s) ({report['machine']['cpu_model']}), Python {report['machine']['python']}, "
+        f"commit {report['machine']['commit']}; load average "
+        f"{report['machine']['loadavg_start'][0]:.2f} at the start, "
+        f"{report['machine']['loadavg_end'][0]:.2f} at the end."
+    )
     if args.update and args.json and Path(args.json).exists():
         report = _merge(json.loads(Path(args.json).read_text()), report)
     if args.json:
@@ -185,13 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         plot(report, Path(args.plot))
     if not args.quiet:
-        load = report["machine"]
-        print(
-            f"{len(names)} benchmark(s) in {report['seconds']:.0f} s on {load['nproc']} CPU(s) "
-            f"({load['cpu_model']}), Python {load['python']}, commit {load['commit']}; "
-            f"load average {load['loadavg_start'][0]:.2f} at the start, "
-            f"{load['loadavg_end'][0]:.2f} at the end."
-        )
+        print(summary)
     return 0
 
 
