@@ -211,6 +211,13 @@ class MonicaClient:
         # has a User-Agent of its own. A caller's User-Agent (any case) wins.
         if not any(name.lower() == "user-agent" for name in self._extra_headers):
             self._extra_headers = {"User-Agent": USER_AGENT, **self._extra_headers}
+        # Built once: every API call sends the same headers.
+        self._api_headers = {
+            **self._extra_headers,
+            "Authorization": f"Bearer {self._api_key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
         self._session = session
         self._owns_session = session is None
         self._state = _State.UNOPENED
@@ -333,7 +340,9 @@ class MonicaClient:
             return await self._attempt(session, image, scale, attempt_timeout, number, policy)
 
         try:
-            done = await _retry.retrying(attempt, policy, what=f"upscale {_loggable(image)}")
+            done = await _retry.retrying(
+                attempt, policy, what=lambda: f"upscale {_loggable(image)}"
+            )
             result = UpscaleResult.from_response(
                 done.payload,
                 source=image,
@@ -391,12 +400,7 @@ class MonicaClient:
         timeout: aiohttp.ClientTimeout,
         number: int,
     ) -> _Attempt:
-        headers = {
-            **self._extra_headers,
-            "Authorization": f"Bearer {self._api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        headers = self._api_headers
         body = json.dumps({"image": image, "scale": scale}).encode()
         started = time.monotonic()
         status: int | None = None
@@ -547,7 +551,7 @@ class MonicaClient:
         async def attempt(number: int) -> Path:
             return await self._download_once(session, url, target, limit, attempt_timeout)
 
-        return await _retry.retrying(attempt, self.retry, what=f"download {_loggable(url)}")
+        return await _retry.retrying(attempt, self.retry, what=lambda: f"download {_loggable(url)}")
 
     async def _download_once(
         self,

@@ -49,7 +49,7 @@ class UpscaleResult:
         Raises:
             APIResponseValidationError: The body is not ``{"image": "<URL>"}``.
         """
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             raise APIResponseValidationError(
                 f"expected a JSON object with an 'image' URL, got {type(payload).__name__}: "
                 f"{excerpt(raw, 100)!r}",

@@ -250,9 +250,15 @@ class RateLimit(_Booking):
     def _book(self, now: float) -> float:
         interval = self.interval
         paused = self._pause.not_before > now
+        window = self.per + self.effective_margin
+        # Starts older than a window can no longer hold anything back: forget them, so
+        # that a large `requests` does not keep a large log.
+        log = self._log
+        while log and log[0] <= now - window:
+            log.popleft()
         slot = max(now, self._pause.not_before, self._tat - (self.effective_burst - 1) * interval)
-        if len(self._log) >= self.requests:
-            slot = max(slot, self._log[-self.requests] + self.per + self.effective_margin)
+        if len(log) >= self.requests:
+            slot = max(slot, log[-self.requests] + window)
         if self._log:
             slot = max(slot, self._log[-1])
         if paused and slot <= self._pause.not_before:

@@ -109,13 +109,15 @@ def _wait_for(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]
     return wait
 
 
-def _log_retry(policy: RetryPolicy, what: str) -> Callable[[tenacity.RetryCallState], None]:
+def _log_retry(
+    policy: RetryPolicy, what: str | Callable[[], str]
+) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         delay = state.upcoming_sleep
         logger.info(
             "%s: retrying in %.2fs after %s (attempt %d of %d)",
-            what,
+            what() if callable(what) else what,
             delay,
             _reason(exc),
             state.attempt_number,
@@ -135,7 +137,7 @@ async def retrying(
     attempt: Callable[[int], Awaitable[T]],
     policy: RetryPolicy,
     *,
-    what: str,
+    what: str | Callable[[], str],
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Run ``attempt(n)`` until it succeeds or the policy gives up.

@@ -40,13 +40,10 @@ def validate_image_url(image: Any) -> str:
         raise InvalidRequestError(
             f"image URL must be at most {MAX_URL_LENGTH} characters, got {len(image)}"
         )
-    # Category Cc covers the C1 controls (U+0080-U+009F) as well as ASCII's.
-    bad = next((c for c in image if c.isspace() or unicodedata.category(c) == "Cc"), None)
-    if bad is not None:
-        raise InvalidRequestError(
-            f"image URL must not contain spaces or control characters (found {bad!r}); "
-            f"percent-encode them, got {_short(image)}"
-        )
+    # The common case first: for ASCII, isprintable() is False for exactly the
+    # controls and the whitespace other than the space.
+    if not (image.isascii() and image.isprintable() and " " not in image):
+        _refuse_spaces_and_controls(image)
     try:
         parts = urlsplit(image)
         host = parts.hostname
@@ -58,6 +55,16 @@ def validate_image_url(image: Any) -> str:
             f"image must be an absolute http(s) URL with a host, got {_short(image)}"
         )
     return image
+
+
+def _refuse_spaces_and_controls(image: str) -> None:
+    # Category Cc covers the C1 controls (U+0080-U+009F) as well as ASCII's.
+    bad = next((c for c in image if c.isspace() or unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise InvalidRequestError(
+            f"image URL must not contain spaces or control characters (found {bad!r}); "
+            f"percent-encode them, got {_short(image)}"
+        )
 
 
 def is_loopback_host(host: str | None) -> bool:
