@@ -401,7 +401,7 @@ class MonicaClient:
         number: int,
     ) -> _Attempt:
         headers = self._api_headers
-        body = json.dumps({"image": image, "scale": scale}).encode()
+        body = b'{"image": %s, "scale": %d}' % (json.dumps(image).encode(), scale)
         started = time.monotonic()
         status: int | None = None
         try:
@@ -418,13 +418,14 @@ class MonicaClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise map_transport_error(exc, "POST", self._endpoint) from exc
         finally:
-            logger.debug(
-                "POST %s -> %s in %.3fs (attempt %d)",
-                self._endpoint_path,
-                status if status is not None else "no answer",
-                time.monotonic() - started,
-                number,
-            )
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "POST %s -> %s in %.3fs (attempt %d)",
+                    self._endpoint_path,
+                    status if status is not None else "no answer",
+                    time.monotonic() - started,
+                    number,
+                )
         request_id = _request_id(response_headers)
         if status != 200:
             raise status_error(status, raw, response_headers, url=self._endpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
-from monica_async import ALLOWED_SCALES, InvalidRequestError, MonicaClient
+from monica_async import ALLOWED_SCALES, InvalidRequestError, MonicaClient, _validation
 from monica_async._validation import (
     MAX_URL_LENGTH,
     is_loopback_host,
@@ -186,3 +187,38 @@ def test_long_invalid_value_is_shortened_in_messages() -> None:
 def test_is_loopback_host(host: str | None, expected: bool) -> None:
     """Loopback names and addresses are recognised (plain http to them is harmless)."""
     assert expected == is_loopback_host(host)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a",
+        "https://example.com/cat.png",
+        "http://127.0.0.1:8080/x.png?sig=abc#frag",
+        "http://host:0/",
+        "http://a..b/",
+        "http://-a.example/",
+        "http://host:65535/p",
+        "http://host:65536/p",
+        "http://host:/p",
+        "http://user:pw@host/p",
+        "http://[::1]:80/p",
+        "HTTP://HOST/P",
+        "http://a\\b",
+        "http:/a",
+        "http:///a",
+        "ftp://a/b",
+    ],
+)
+def test_fast_path_agrees_with_the_full_parse(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-regex shortcut accepts exactly what the full parse accepts."""
+
+    def verdict() -> str:
+        try:
+            return validate_image_url(url)
+        except InvalidRequestError as exc:
+            return f"refused: {exc}"
+
+    fast = verdict()
+    monkeypatch.setattr(_validation, "_PLAIN_URL", re.compile(r"(?!)"))
+    assert verdict() == fast
