@@ -215,9 +215,15 @@ def compare(
 def run(quick: bool) -> Json:
     """The throughput benchmark: zero latency, concurrency 16 and 64."""
     count = 3_000 if quick else 20_000
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     with FakeServer() as server:
-        return compare(server, count=count, concurrencies=(16, 64), rounds=rounds)
+        pinning = server.pin()
+        try:
+            result = compare(server, count=count, concurrencies=(16, 64), rounds=rounds)
+        finally:
+            server.unpin()
+    result["pinning"] = pinning
+    return result
 
 
 def table(result: Json) -> str:
@@ -240,6 +246,7 @@ def table(result: Json) -> str:
             )
     out.note(
         f"ratio: median of each round's rate over the same round's '{BASELINE}' rate "
-        "(target for monica-async: >= 0.95). CPU: the client process's CPU time."
+        "(target for monica-async: >= 0.95). CPU: the client process's CPU time. "
+        f"Processes: {result.get('pinning', 'not pinned')}."
     )
     return out.render()

@@ -124,19 +124,20 @@ class _Booking:
 
     async def acquire(self) -> float:
         """Wait until one more attempt may start; return the seconds waited."""
-        began = time.monotonic()
+        began = now = time.monotonic()
         while True:
             epoch = self._pause.epoch
-            now = time.monotonic()
             slot = self._book(now)
-            if slot > now:
-                try:
-                    await asyncio.sleep(slot - now)
-                except BaseException:
-                    self._cancel(slot)
-                    raise
-            if self._pause.epoch == epoch or time.monotonic() >= self._pause.not_before:
-                return time.monotonic() - began
+            if slot <= now:
+                return now - began
+            try:
+                await asyncio.sleep(slot - now)
+            except BaseException:
+                self._cancel(slot)
+                raise
+            now = time.monotonic()
+            if self._pause.epoch == epoch or now >= self._pause.not_before:
+                return now - began
             # A 429 paused everyone while we slept: give the slot back and queue behind it.
             self._cancel(slot)
 
