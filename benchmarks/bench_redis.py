@@ -38,7 +38,8 @@ from contextlib import contextmanager
 
 import redis.asyncio
 
-from monica_async import MonicaClient, RateLimit, RedisRateLimit
+from monica_async import MonicaClient, RedisRateLimit
+from monica_async._redis import default_margin
 from monica_async.testing import FakeServerStats
 
 API_KEY = "bench-key"
@@ -260,7 +261,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20, help="the shared limit (%(default)s)")
     parser.add_argument("--per", type=float, default=1.0, help="its window, s (%(default)s)")
     parser.add_argument(
-        "--margin", type=float, default=None, help="window margin, s (RateLimit's default)"
+        "--margin", type=float, default=None, help="window margin, s (RedisRateLimit's default)"
     )
     parser.add_argument("--total", type=int, default=200, help="requests per run (%(default)s)")
     parser.add_argument(
@@ -295,7 +296,7 @@ def main() -> None:
 
         rows = accuracy(args, url)
     limit = args.requests
-    margin = RateLimit(limit, args.per, margin=args.margin).effective_margin
+    margin = default_margin(args.per) if args.margin is None else args.margin
     print(
         f"\nCombined rate, limit {limit} per {args.per:g} s (margin {margin * 1000:g} ms), "
         f"{args.total} requests per run\n"
