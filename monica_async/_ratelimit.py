@@ -36,6 +36,8 @@ MAX_PAUSE: Final = 60.0
 MIN_MARGIN: Final = 0.015
 #: Successes in a second an adaptive limiter needs before it trusts them as a rate.
 _MIN_SAMPLES: Final = 3
+#: Seconds between snapshots of an adaptive limiter's counters while it has no rate.
+_MARK_EVERY: Final = 0.05
 #: Seconds over which callers resume after a pause when no rate is known.
 _RESUME_SPREAD: Final = 0.25
 MAX_MARGIN: Final = 0.5
@@ -107,9 +109,6 @@ class _Pause:
             self.epoch += 1
         return self.not_before - now
 
-    def clear_streak(self) -> None:
-        self.streak = 0
-
 
 class _Booking:
     """Shared acquire loop: book a start time, sleep until it, re-book after a pause."""
@@ -143,7 +142,7 @@ class _Booking:
 
     async def on_success(self, started: float) -> None:
         """Report that an attempt was accepted (ends a run of 429s)."""
-        self._pause.clear_streak()
+        self._pause.streak = 0
 
     async def aclose(self) -> None:
         """Nothing to release for an in-process limiter."""
@@ -186,13 +185,18 @@ class RateLimit(_Booking):
     One instance may be shared by several clients in one process to share one budget.
     """
 
-    requests: int
-    per: float = 1.0
-    burst: int | None = None
-    margin: float | None = None
+    # Read-only once built: the log and the derived spacing depend on them.
+    requests: int = attrs.field(on_setattr=attrs.setters.frozen)
+    per: float = attrs.field(default=1.0, on_setattr=attrs.setters.frozen)
+    burst: int | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
+    margin: float | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     _pause: _Pause = attrs.field(init=False, factory=_Pause)
     _log: deque[float] = attrs.field(init=False)
     _tat: float = attrs.field(init=False, default=-math.inf)
+    # Derived once, since every booking needs them.
+    _interval: float = attrs.field(init=False, default=0.0)
+    _window: float = attrs.field(init=False, default=0.0)
+    _burst_span: float = attrs.field(init=False, default=0.0)
 
     def __attrs_post_init__(self) -> None:
         _check_positive("requests", self.requests, integer=True)
@@ -210,6 +214,9 @@ class RateLimit(_Booking):
         # Twice the window's worth, so that a cancelled booking can be handed back
         # without losing the entry the window rule needs next.
         self._log = deque(maxlen=2 * self.requests)
+        self._interval = self.per / self.requests
+        self._window = self.per + self.effective_margin
+        self._burst_span = (self.effective_burst - 1) * self._interval
 
     def __repr__(self) -> str:
         return (
@@ -249,24 +256,26 @@ class RateLimit(_Booking):
         return self.per / self.requests
 
     def _book(self, now: float) -> float:
-        interval = self.interval
-        paused = self._pause.not_before > now
-        window = self.per + self.effective_margin
+        pause = self._pause.not_before
+        window = self._window
+        log = self._log
         # Starts older than a window can no longer hold anything back: forget them, so
         # that a large `requests` does not keep a large log.
-        log = self._log
-        while log and log[0] <= now - window:
+        horizon = now - window
+        while log and log[0] <= horizon:
             log.popleft()
-        slot = max(now, self._pause.not_before, self._tat - (self.effective_burst - 1) * interval)
+        # GCRA: the burst allowance lets a start come up to `burst_span` before the TAT.
+        slot = max(now, pause, self._tat - self._burst_span)
+        # Sliding log: the `requests`-th latest start must have left the window.
         if len(log) >= self.requests:
             slot = max(slot, log[-self.requests] + window)
-        if self._log:
-            slot = max(slot, self._log[-1])
-        if paused and slot <= self._pause.not_before:
+        if log:
+            slot = max(slot, log[-1])
+        if pause > now and slot <= pause:
             # Resume after a pause paced, not as a herd: the burst allowance starts empty.
-            self._tat = max(self._tat, slot + (self.effective_burst - 1) * interval)
-        self._tat = max(self._tat, slot) + interval
-        self._log.append(slot)
+            self._tat = max(self._tat, slot + self._burst_span)
+        self._tat = max(self._tat, slot) + self._interval
+        log.append(slot)
         return slot
 
     def _cancel(self, slot: float) -> None:
@@ -305,9 +314,14 @@ class AdaptiveRateLimit(_Booking):
     _rate: float | None = attrs.field(init=False, default=None)
     _tat: float = attrs.field(init=False, default=-math.inf)
     _last_cut: float = attrs.field(init=False, default=-math.inf)
-    _accepted: deque[float] = attrs.field(init=False, factory=deque)
-    _sent: deque[float] = attrs.field(init=False, factory=deque)
     _step: float = attrs.field(init=False, default=1.0)
+    # While no rate is known: attempts sent and accepted so far, and snapshots of both
+    # every _MARK_EVERY seconds over the last second (a log of every start would cost
+    # an append and a prune per attempt on the hot path).
+    _sent: int = attrs.field(init=False, default=0)
+    _accepted: int = attrs.field(init=False, default=0)
+    _marks: deque[tuple[float, int, int]] = attrs.field(init=False, factory=deque)
+    _next_mark: float = attrs.field(init=False, default=-math.inf)
 
     def __attrs_post_init__(self) -> None:
         for name in ("start", "max_rate"):
@@ -336,7 +350,9 @@ class AdaptiveRateLimit(_Booking):
                 # No rate learned yet: spread the callers the pause held over a moment
                 # instead of letting them all start in the same millisecond.
                 slot += random.uniform(0.0, _RESUME_SPREAD)
-            _remember(self._sent, slot)
+            if now >= self._next_mark:
+                self._mark(now)
+            self._sent += 1
             return slot
         slot = max(slot, self._tat)
         self._tat = slot + 1.0 / self._rate
@@ -346,11 +362,30 @@ class AdaptiveRateLimit(_Booking):
         if self._rate is not None and math.isclose(self._tat, slot + 1.0 / self._rate):
             self._tat = slot
 
+    def _mark(self, now: float) -> None:
+        """Snapshot the counters (before this call's own count) and forget old snapshots."""
+        self._next_mark = now + _MARK_EVERY
+        marks = self._marks
+        marks.append((now, self._sent, self._accepted))
+        while marks[0][0] < now - 1.0:
+            marks.popleft()
+
+    def _last_second(self, now: float) -> tuple[int, int]:
+        """Attempts sent and accepted during about the last second."""
+        since = now - 1.0
+        for at, sent, accepted in self._marks:
+            if at >= since:
+                return self._sent - sent, self._accepted - accepted
+        return 0, 0
+
     async def on_success(self, started: float) -> None:
         """Raise the rate a little (additive increase) and end a run of 429s."""
-        self._pause.clear_streak()
+        self._pause.streak = 0
         if self._rate is None:
-            _remember(self._accepted, time.monotonic())
+            now = time.monotonic()
+            if now >= self._next_mark:
+                self._mark(now)
+            self._accepted += 1
         else:
             # Additive increase: `step` requests/second more per second of traffic.
             self._rate += self._step / self._rate
@@ -365,12 +400,10 @@ class AdaptiveRateLimit(_Booking):
             if self._rate is None:
                 # What the server just accepted in a second is the best guess at its limit;
                 # with almost nothing seen yet there is no guess, only the pause.
-                accepted = _count_since(self._accepted, now - 1.0)
-                sent = _count_since(self._sent, now - 1.0)
+                sent, accepted = self._last_second(now)
                 if accepted >= _MIN_SAMPLES or sent >= 2 * _MIN_SAMPLES:
                     self._rate = max(self.min_rate, 0.9 * accepted, 0.5 * sent)
-                    self._accepted.clear()
-                    self._sent.clear()
+                    self._marks.clear()
             else:
                 self._rate = max(self.min_rate, self._rate * self.decrease)
             if self._rate is not None:
@@ -380,14 +413,3 @@ class AdaptiveRateLimit(_Booking):
         pause = self._pause.extend(retry_after, now, started)
         self._tat = max(self._tat, self._pause.not_before)
         return pause
-
-
-def _remember(times: deque[float], now: float) -> None:
-    """Append *now* and forget what is more than a second old."""
-    times.append(now)
-    while times[0] < now - 1.0:
-        times.popleft()
-
-
-def _count_since(times: deque[float], since: float) -> int:
-    return sum(1 for t in times if t >= since)

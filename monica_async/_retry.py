@@ -20,7 +20,7 @@ import tenacity
 from ._config import RetryPolicy
 from ._exceptions import APIConnectionError, APIError, APIStatusError
 
-__all__ = ["is_testing", "parse_retry_after", "retrying", "set_testing"]
+__all__ = ["is_testing", "parse_retry_after", "retry_failed", "retrying", "set_testing"]
 
 logger = logging.getLogger("monica_async")
 
@@ -145,16 +145,32 @@ async def retrying(
     The final error is raised with its ``attempts`` set to the attempts made.
     """
     began = time.monotonic()
-    # The first attempt runs outside tenacity: nearly every call succeeds at once, and
-    # building and driving tenacity's controller costs more CPU per call (measured
-    # ~140 us on loopback) than the rest of the client together.
     try:
         return await attempt(1)
     except APIError as exc:
-        exc.attempts = 1
-        if policy.max_attempts == 1 or not should_retry(exc, policy):
-            raise
         first = exc
+    return await retry_failed(first, attempt, policy, began=began, what=what, on_retry=on_retry)
+
+
+async def retry_failed(
+    first: APIError,
+    attempt: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    began: float,
+    what: str | Callable[[], str],
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Go on after the first attempt, begun at *began*, failed with *first*.
+
+    The first attempt runs outside tenacity (callers make it themselves): nearly
+    every call succeeds at once, and building and driving tenacity's controller
+    costs more CPU per call (measured ~140 us on loopback) than the rest of the
+    client together. Raises *first* when it is not worth a retry.
+    """
+    first.attempts = 1
+    if policy.max_attempts == 1 or not should_retry(first, policy):
+        raise first
 
     async def replay(number: int) -> T:
         if number == 1:

@@ -200,6 +200,11 @@ def test_is_loopback_host(host: str | None, expected: bool) -> None:
         "http://-a.example/",
         "http://host:65535/p",
         "http://host:65536/p",
+        "http://host:99999/p",
+        "http://host:00080/p",
+        "http://127.0.0.1:41234/images/1.png",
+        "http://host:59999/p",
+        "http://host:65529/p",
         "http://host:/p",
         "http://user:pw@host/p",
         "http://[::1]:80/p",
@@ -222,3 +227,17 @@ def test_fast_path_agrees_with_the_full_parse(url: str, monkeypatch: pytest.Monk
     fast = verdict()
     monkeypatch.setattr(_validation, "_PLAIN_URL", re.compile(r"(?!)"))
     assert verdict() == fast
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://example.com/cat.png",
+        "http://127.0.0.1:41234/images/1.png",
+        "http://localhost:65535/a.png?x=1",
+        "https://cdn.example.com:8443/p/q.jpg#f",
+    ],
+)
+def test_fast_path_takes_common_urls(url: str) -> None:
+    """Ordinary URLs, loopback ones on ephemeral ports included, skip the full parse."""
+    assert _validation._PLAIN_URL.fullmatch(url)
