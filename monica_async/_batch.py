@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from typing import Final
 
 from ._exceptions import AuthenticationError, MonicaError, PermissionDeniedError
+from ._flow import Channel, Slots
 from ._models import Outcome, UpscaleResult
 
 __all__ = ["run_batch"]
@@ -87,12 +88,10 @@ async def run_batch(
 ) -> AsyncIterator[Outcome]:
     """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*."""
     source = _Source(images)
-    channel: asyncio.Queue[Outcome | _Finished | _Failed] = asyncio.Queue(
-        maxsize=0 if ordered else buffer
-    )
+    channel: Channel[Outcome | _Finished | _Failed] = Channel(None if ordered else buffer)
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
     # a place before pulling an input and the consumer frees it when it yields that one.
-    lookahead = asyncio.Semaphore(buffer) if ordered else None
+    lookahead = Slots(buffer) if ordered else None
     key_error: list[MonicaError] = []
 
     async def settle(index: int, item: object) -> Outcome:

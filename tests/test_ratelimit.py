@@ -205,6 +205,17 @@ class TestAdaptive:
         await limit.on_rate_limited(1.0, started=started)
         assert limit.rate == pytest.approx(18.0)
 
+    async def test_only_the_last_second_counts_toward_the_learned_rate(self) -> None:
+        """Attempts sent long before the 429 do not inflate the rate it learns."""
+        limit = RateLimit.adaptive()
+        now = time.monotonic()
+        for _ in range(40):
+            limit._book(now - 5.0)
+        for _ in range(10):
+            limit._book(now)
+        await limit.on_rate_limited(None, started=now)
+        assert limit.rate == pytest.approx(5.0)  # half of the 10 sent in the last second
+
     async def test_a_429_before_any_traffic_only_pauses(self) -> None:
         """With no successes to learn from, a 429 pauses but sets no rate."""
         limit = RateLimit.adaptive()

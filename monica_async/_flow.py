@@ -1,0 +1,101 @@
+"""Two asyncio primitives cut down to what the request path needs.
+
+``asyncio.Semaphore`` and ``asyncio.Queue`` do more bookkeeping per call (join
+counters, an event, a scan of the waiters) than is free at thousands of requests a
+second: together they cost a batch about 2 us per input on the test machine. These
+do the same jobs with less, in first-come order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+__all__ = ["Channel", "Slots"]
+
+T = TypeVar("T")
+
+
+class Slots:
+    """A counting semaphore: at most *size* holders at once, waiters served in order.
+
+    A released place goes straight to the longest waiter, so a newcomer can never
+    overtake it; a waiter that is cancelled leaves the queue at once, and if it was
+    handed a place just as it was cancelled, passes that place on.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        """Places nobody holds."""
+        return self._free
+
+    async def acquire(self) -> None:
+        """Take a place, waiting for one when all are held."""
+        # A release hands its place to a waiter directly: free places and live
+        # waiters never exist together, so this check is enough to be fair.
+        if self._free > 0:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Give a place back: to the longest waiter, else to the pool."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+class Channel(Generic[T]):
+    """A first-in first-out channel from many writers to one reader.
+
+    Writers wait while it holds *size* items (``None``: never). Only one task may
+    wait in :meth:`get` at a time.
+    """
+
+    __slots__ = ("_items", "_reader", "_room")
+
+    def __init__(self, size: int | None) -> None:
+        self._items: deque[T] = deque()
+        self._room = None if size is None else Slots(size)
+        self._reader: asyncio.Future[None] | None = None
+
+    async def put(self, item: T) -> None:
+        """Add *item*, waiting while the channel is full."""
+        if self._room is not None:
+            await self._room.acquire()
+        self._items.append(item)
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    async def get(self) -> T:
+        """Take the oldest item, waiting for one."""
+        while not self._items:
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        if self._room is not None:
+            self._room.release()
+        return self._items.popleft()

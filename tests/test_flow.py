@@ -1,0 +1,132 @@
+"""The cut-down semaphore and channel the request path uses."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from monica_async._flow import Channel, Slots
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks again."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_slots_admit_at_most_size_holders() -> None:
+    """A third acquirer of two places waits until one is released."""
+    slots = Slots(2)
+    await slots.acquire()
+    await slots.acquire()
+    third = asyncio.create_task(slots.acquire())
+    await settle()
+    assert not third.done()
+    slots.release()
+    await settle()
+    assert third.done()
+    assert slots.free == 0
+
+
+async def test_slots_serve_waiters_in_arrival_order() -> None:
+    """Released places go to waiters first come, first served."""
+    slots = Slots(1)
+    await slots.acquire()
+    order: list[int] = []
+
+    async def wait(number: int) -> None:
+        await slots.acquire()
+        order.append(number)
+
+    tasks = [asyncio.create_task(wait(n)) for n in range(4)]
+    await settle()
+    for _ in range(4):
+        slots.release()
+        await settle()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3]
+
+
+async def test_a_newcomer_cannot_overtake_a_waiter_handed_a_place() -> None:
+    """The released place belongs to the waiter even before it runs again."""
+    slots = Slots(1)
+    await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    await settle()
+    slots.release()
+    newcomer = asyncio.create_task(slots.acquire())
+    await settle()
+    assert waiter.done()
+    assert not newcomer.done()
+    newcomer.cancel()
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    """Cancelling a waiter frees nothing and blocks nobody behind it."""
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await settle()
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    slots.release()
+    await settle()
+    assert second.done()
+    assert slots.free == 0
+
+
+async def test_a_place_handed_to_a_cancelled_waiter_is_passed_on() -> None:
+    """Cancelled after being handed a place but before running: the next waiter gets it."""
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await settle()
+    slots.release()  # hands the place to `first`, which has not run yet
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    assert second.done()
+    slots.release()
+    assert slots.free == 1
+
+
+async def test_channel_keeps_order_and_wakes_its_reader() -> None:
+    """Items come out in the order they went in; a waiting reader wakes on a put."""
+    channel: Channel[int] = Channel(None)
+    reader = asyncio.create_task(channel.get())
+    await settle()
+    assert not reader.done()
+    for n in range(3):
+        await channel.put(n)
+    assert await reader == 0
+    assert [await channel.get(), await channel.get()] == [1, 2]
+
+
+async def test_a_full_channel_makes_writers_wait() -> None:
+    """With size 2 the third put waits until the reader takes one."""
+    channel: Channel[str] = Channel(2)
+    await channel.put("a")
+    await channel.put("b")
+    third = asyncio.create_task(channel.put("c"))
+    await settle()
+    assert not third.done()
+    assert await channel.get() == "a"
+    await settle()
+    assert third.done()
+    assert [await channel.get(), await channel.get()] == ["b", "c"]
+
+
+async def test_a_cancelled_reader_loses_nothing() -> None:
+    """An item put after the reader was cancelled is there for the next get."""
+    channel: Channel[int] = Channel(1)
+    reader = asyncio.create_task(channel.get())
+    await settle()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    await channel.put(7)
+    assert await channel.get() == 7
