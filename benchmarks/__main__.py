@@ -26,6 +26,7 @@ from . import (
     bench_latency,
     bench_limiter,
     bench_memory,
+    bench_overhead,
     bench_ratelimited,
     bench_throughput,
 )
@@ -36,6 +37,7 @@ MODULES: dict[str, ModuleType] = {
     module.NAME: module
     for module in (
         bench_throughput,
+        bench_overhead,
         bench_latency,
         bench_limiter,
         bench_ratelimited,

@@ -36,15 +36,19 @@ _FINISHED: Final = _Finished()
 
 
 class _Source:
-    """One shared cursor over a sync or async iterable, numbering what it hands out."""
+    """One shared cursor over a sync or async iterable, numbering what it hands out.
+
+    A sync iterable is read through :attr:`numbered` (``enumerate`` over it: no
+    coroutine per input); an async one through :meth:`next`.
+    """
 
     def __init__(self, images: Iterable[object] | AsyncIterable[object]) -> None:
-        self._sync: Iterator[object] | None = None
+        self.numbered: Iterator[tuple[int, object]] | None = None
         self._async: AsyncIterator[object] | None = None
         if isinstance(images, AsyncIterable):
             self._async = aiter(images)
         elif isinstance(images, Iterable) and not isinstance(images, str | bytes):
-            self._sync = iter(images)
+            self.numbered = enumerate(images)
         else:
             raise MonicaError(
                 f"images must be an iterable or async iterable of URLs, got {type(images).__name__}"
@@ -55,24 +59,16 @@ class _Source:
         self.exhausted = False
 
     async def next(self) -> tuple[int, object] | None:
-        if self.exhausted:
-            return None
-        if self._sync is not None:
+        """The next input of an async iterable, numbered; ``None`` after the last."""
+        assert self._async is not None
+        async with self._lock:
+            if self.exhausted:
+                return None
             try:
-                item = next(self._sync)
-            except StopIteration:
+                item = await anext(self._async)
+            except StopAsyncIteration:
                 self.exhausted = True
                 return None
-        else:
-            assert self._async is not None
-            async with self._lock:
-                if self.exhausted:
-                    return None
-                try:
-                    item = await anext(self._async)
-                except StopAsyncIteration:
-                    self.exhausted = True
-                    return None
         index = self._next_index
         self._next_index += 1
         return index, item
@@ -94,29 +90,33 @@ async def run_batch(
     lookahead = Slots(buffer) if ordered else None
     key_error: list[MonicaError] = []
 
-    async def settle(index: int, item: object) -> Outcome:
-        label = item if isinstance(item, str) else repr(item)
-        if key_error:
-            return Outcome(index=index, source=label, error=key_error[0])
-        try:
-            result = await call(item)  # type: ignore[arg-type]  # validated by call
-        except MonicaError as exc:
-            if isinstance(exc, KEY_ERRORS) and not key_error:
-                key_error.append(exc)
-            return Outcome(index=index, source=label, error=exc)
-        return Outcome(index=index, source=label, result=result)
+    numbered = source.numbered
 
     async def work() -> None:
         try:
-            while True:
+            while not source.exhausted:
                 if lookahead is not None:
                     await lookahead.acquire()
-                pulled = await source.next()
+                pulled = next(numbered, None) if numbered is not None else await source.next()
                 if pulled is None:
+                    source.exhausted = True
                     if lookahead is not None:
                         lookahead.release()
                     break
-                await channel.put(await settle(*pulled))
+                index, item = pulled
+                label = item if isinstance(item, str) else repr(item)
+                if key_error:
+                    outcome = Outcome(index=index, source=label, error=key_error[0])
+                else:
+                    try:
+                        result = await call(item)  # type: ignore[arg-type]  # validated by call
+                    except MonicaError as exc:
+                        if isinstance(exc, KEY_ERRORS) and not key_error:
+                            key_error.append(exc)
+                        outcome = Outcome(index=index, source=label, error=exc)
+                    else:
+                        outcome = Outcome(index=index, source=label, result=result)
+                await channel.put(outcome)
         except Exception as exc:  # the input's own error, or a bug: the consumer re-raises it
             source.exhausted = True
             await channel.put(_Failed(exc))
@@ -132,19 +132,18 @@ async def run_batch(
             message = await channel.get()
             if isinstance(message, _Finished):
                 running -= 1
-                continue
-            if isinstance(message, _Failed):
+            elif isinstance(message, _Failed):
                 raise message.error
-            if not ordered:
+            elif not ordered:
                 yield message
-                continue
-            pending[message.index] = message
-            while next_index in pending:
-                outcome = pending.pop(next_index)
-                next_index += 1
-                assert lookahead is not None
-                lookahead.release()
-                yield outcome
+            else:
+                pending[message.index] = message
+                while next_index in pending:
+                    outcome = pending.pop(next_index)
+                    next_index += 1
+                    assert lookahead is not None
+                    lookahead.release()
+                    yield outcome
     finally:
         for task in tasks:
             task.cancel()

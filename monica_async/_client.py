@@ -17,7 +17,6 @@ from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 import aiohttp
-import attrs
 
 from . import _retry
 from ._batch import run_batch
@@ -125,14 +124,9 @@ def parse_error_body(raw: str) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) and message else None
 
 
-@attrs.define(eq=False, repr=False)
-class _Attempt:
-    """What one successful HTTP attempt produced."""
-
-    payload: Any
-    raw: str
-    request_id: str | None
-    attempts: int = 1
+#: What one successful attempt produced: the decoded body, the body's text, the
+#: server's request id and the attempt's number.
+_Answer = tuple[Any, str, str | None, int]
 
 
 class MonicaClient:
@@ -358,14 +352,15 @@ class MonicaClient:
                     began=began,
                     what=lambda: f"upscale {_loggable(image)}",
                 )
+            payload, raw, request_id, attempts = done
             result = UpscaleResult.from_response(
-                done.payload,
+                payload,
                 source=image,
                 scale=scale,
-                attempts=done.attempts,
+                attempts=attempts,
                 elapsed=time.monotonic() - began,
-                request_id=done.request_id,
-                raw=done.raw,
+                request_id=request_id,
+                raw=raw,
             )
         except MonicaError as exc:
             stats.failures[type(exc).__name__] += 1
@@ -382,7 +377,7 @@ class MonicaClient:
         timeout: aiohttp.ClientTimeout,
         number: int,
         policy: RetryPolicy,
-    ) -> _Attempt:
+    ) -> _Answer:
         stats = self._stats
         semaphore = self._semaphore
         await semaphore.acquire()
@@ -394,7 +389,7 @@ class MonicaClient:
                 stats.retries += 1
             stats.in_flight += 1
             try:
-                done = await self._post(session, image, scale, timeout, number)
+                done = await self._post(session, image, scale, timeout, number, started)
             except RateLimitError as exc:
                 exc.attempts = number
                 stats.rate_limited += 1
@@ -410,7 +405,6 @@ class MonicaClient:
             await self.rate_limit.on_success(started)
         finally:
             semaphore.release()
-        done.attempts = number
         return done
 
     async def _post(
@@ -420,10 +414,10 @@ class MonicaClient:
         scale: int,
         timeout: aiohttp.ClientTimeout,
         number: int,
-    ) -> _Attempt:
+        started: float,
+    ) -> _Answer:
         headers = self._api_headers
         body = b'{"image": %s, "scale": %d}' % (json.dumps(image).encode(), scale)
-        started = time.monotonic()
         status: int | None = None
         try:
             async with session.post(
@@ -459,7 +453,7 @@ class MonicaClient:
                 url=self._endpoint,
                 request_id=request_id,
             ) from None
-        return _Attempt(payload=payload, raw=raw, request_id=request_id)
+        return payload, raw, request_id, number
 
     # -- batches -----------------------------------------------------------------------
 

@@ -41,6 +41,9 @@ def validate_scale(scale: Any) -> int:
 
 def validate_image_url(image: Any) -> str:
     """Return *image* when it is an absolute http(s) URL the API can fetch, else raise."""
+    # The common case first: a match also rules out spaces, controls and non-ASCII.
+    if type(image) is str and len(image) <= MAX_URL_LENGTH and _PLAIN_URL.fullmatch(image):
+        return image
     if not isinstance(image, str):
         raise InvalidRequestError(
             f"image must be a URL string, got {type(image).__name__}: {_short(image)}"
@@ -51,12 +54,7 @@ def validate_image_url(image: Any) -> str:
         raise InvalidRequestError(
             f"image URL must be at most {MAX_URL_LENGTH} characters, got {len(image)}"
         )
-    # The common case first: for ASCII, isprintable() is False for exactly the
-    # controls and the whitespace other than the space.
-    if not (image.isascii() and image.isprintable() and " " not in image):
-        _refuse_spaces_and_controls(image)
-    if _PLAIN_URL.fullmatch(image):
-        return image
+    _refuse_spaces_and_controls(image)
     try:
         parts = urlsplit(image)
         host = parts.hostname

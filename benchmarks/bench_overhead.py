@@ -1,0 +1,184 @@
+"""The client's own CPU per request, with the network taken out.
+
+Every contender talks to the same in-process stand-in for ``aiohttp.ClientSession``:
+``post()`` answers 200 with a fixed body after one pass through the event loop, so
+what is left is each contender's own Python (and the event loop's task switches).
+The throughput benchmark's ratio is blurred by the machine's drift; this one is
+steady enough to say where monica-async's time per request goes.
+
+    python -m benchmarks --only overhead
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from types import TracebackType
+from typing import Any, cast
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from monica_async import MonicaClient
+
+from ._common import Json, Table
+
+NAME = "overhead"
+
+BASE_URL = "http://127.0.0.1:8080"
+ENDPOINT = f"{BASE_URL}/v1/image/tool/upscale"
+HEADERS = {"Authorization": "Bearer bench-key", "Content-Type": "application/json"}
+_BODY = b'{"image": "http://127.0.0.1:8080/results/0.png"}'
+_ANSWER_HEADERS = CIMultiDictProxy(
+    CIMultiDict({"Content-Type": "application/json", "Content-Length": str(len(_BODY))})
+)
+
+#: A contender: (requests, concurrency) -> requests answered with an image.
+Contender = Callable[[int, int], Coroutine[Any, Any, int]]
+
+
+class _Answer:
+    status = 200
+    headers = _ANSWER_HEADERS
+
+    async def read(self) -> bytes:
+        await asyncio.sleep(0)  # a real answer arrives in a later turn of the loop
+        return _BODY
+
+
+class _Exchange:
+    async def __aenter__(self) -> _Answer:
+        return _Answer()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+class StandInSession:
+    """Just enough of ``aiohttp.ClientSession`` for an upscale call: no sockets."""
+
+    closed = False
+
+    def post(self, url: str, **kwargs: object) -> _Exchange:
+        """Answer 200 with an image URL."""
+        return _Exchange()
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+def _urls(count: int) -> Iterator[str]:
+    return (f"{BASE_URL}/images/{i}.png" for i in range(count))
+
+
+async def raw_workers(count: int, concurrency: int) -> int:
+    """The throughput benchmark's baseline: workers posting and parsing, nothing else."""
+    session = StandInSession()
+    urls = _urls(count)
+    ok = 0
+
+    async def worker() -> None:
+        nonlocal ok
+        for url in urls:
+            body = json.dumps({"image": url, "scale": 2}).encode()
+            async with session.post(ENDPOINT, data=body, headers=HEADERS) as answer:
+                raw = await answer.read()
+            done = answer.status == 200 and "image" in json.loads(raw)
+            ok += done
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+def _client(concurrency: int) -> MonicaClient:
+    session = cast(aiohttp.ClientSession, StandInSession())
+    return MonicaClient(
+        "bench-key", base_url=BASE_URL, session=session, max_concurrency=concurrency
+    )
+
+
+async def upscale_workers(count: int, concurrency: int) -> int:
+    """Workers calling ``MonicaClient.upscale()``: validation, limiter, retries' first try."""
+    urls = _urls(count)
+    ok = 0
+    async with _client(concurrency) as client:
+
+        async def worker() -> None:
+            nonlocal ok
+            for url in urls:
+                await client.upscale(url)
+                ok += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+async def upscale_many(count: int, concurrency: int) -> int:
+    """``upscale_many``: the above plus the batch's workers, channel and outcomes."""
+    ok = 0
+    async with _client(concurrency) as client:
+        async for outcome in client.upscale_many(_urls(count)):
+            ok += outcome.ok
+    return ok
+
+
+CONTENDERS: dict[str, Contender] = {
+    "raw loop": raw_workers,
+    "MonicaClient.upscale() from workers": upscale_workers,
+    "MonicaClient.upscale_many()": upscale_many,
+}
+
+
+def _cpu_us(contender: Contender, count: int, concurrency: int) -> float:
+    gc.collect()
+    began = time.process_time()
+    ok = asyncio.run(contender(count, concurrency))
+    spent = time.process_time() - began
+    if ok != count:
+        raise RuntimeError(f"{ok} of {count} succeeded")
+    return 1e6 * spent / count
+
+
+def run(quick: bool) -> Json:
+    """Each contender, interleaved; the least CPU per request over the rounds."""
+    count = 5_000 if quick else 30_000
+    rounds = 2 if quick else 9
+    result: Json = {"requests": count, "rounds": rounds, "by_concurrency": {}}
+    for concurrency in (16, 64):
+        runs: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+        for _ in range(rounds):
+            for name, contender in CONTENDERS.items():
+                runs[name].append(_cpu_us(contender, count, concurrency))
+        # The least is the run the machine disturbed least: noise only ever adds time.
+        result["by_concurrency"][str(concurrency)] = {
+            name: {"us_per_request": min(values), "runs": [round(v, 2) for v in values]}
+            for name, values in runs.items()
+        }
+    return result
+
+
+def table(result: Json) -> str:
+    """Render :func:`run`'s result."""
+    out = Table(
+        f"Client CPU per request without network ({result['requests']:,} requests, least of "
+        f"{result['rounds']} rounds)",
+        ["contender", "conc", "CPU us/request", "over raw"],
+    )
+    for concurrency, rows in result["by_concurrency"].items():
+        raw = rows["raw loop"]["us_per_request"]
+        for name, row in rows.items():
+            mine = row["us_per_request"]
+            out.add(name, int(concurrency), mine, None if mine == raw else mine - raw)
+    out.note(
+        "An in-process stand-in answers every POST at once: no sockets, no server. "
+        "'over raw' is monica-async's own work per request."
+    )
+    return out.render()
