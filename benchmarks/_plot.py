@@ -35,7 +35,7 @@ def _throughput(ax: Axes, result: Json) -> None:
     ax.axhline(0.95, color="black", linestyle="--", linewidth=1, label="target 0.95")
     ax.set_xticks([j + width * (len(groups) - 1) / 2 for j in range(len(names))])
     ax.set_xticklabels([_short(n) for n in names], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("throughput / raw aiohttp workers")
+    ax.set_ylabel("best throughput / raw aiohttp workers' best")
     ax.set_title("Throughput, zero latency")
     ax.legend(fontsize=7)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import json
 import logging
 import os
@@ -320,16 +321,17 @@ class MonicaClient:
             APIResponseValidationError: The server's 200 broke the contract.
         """
         return await self._upscale(
-            validate_image_url(image),
-            validate_scale(scale),
-            self._timeout_for(timeout),
-            self.retry if retry is USE_CLIENT_DEFAULT else retry,
+            image,
+            scale=validate_scale(scale),
+            timeout=self._timeout_for(timeout),
+            policy=self.retry if retry is USE_CLIENT_DEFAULT else retry,
         )
 
     async def _upscale(
-        self, image: str, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
+        self, image: str, *, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
     ) -> UpscaleResult:
-        """:meth:`upscale` once its arguments are checked (batches call it directly)."""
+        """:meth:`upscale` once its options are checked (batches call it directly)."""
+        image = validate_image_url(image)
         session = self._session
         if session is None or self._state is not _State.OPENED:
             session = self._open()
@@ -380,7 +382,8 @@ class MonicaClient:
     ) -> _Answer:
         stats = self._stats
         semaphore = self._semaphore
-        await semaphore.acquire()
+        if not semaphore.try_acquire():
+            await semaphore.acquire()
         try:
             stats.limiter_wait += await self.rate_limit.acquire()
             started = time.monotonic()
@@ -502,7 +505,7 @@ class MonicaClient:
         return cast(
             "AsyncGenerator[Outcome, None]",
             run_batch(
-                lambda url: self._upscale(validate_image_url(url), scale, timeout, policy),
+                functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
                 images,
                 workers=count,
                 buffer=size,

@@ -36,12 +36,18 @@ class Slots:
         """Places nobody holds."""
         return self._free
 
-    async def acquire(self) -> None:
-        """Take a place, waiting for one when all are held."""
+    def try_acquire(self) -> bool:
+        """Take a place if one is free at once; tell whether it did (no coroutine)."""
         # A release hands its place to a waiter directly: free places and live
         # waiters never exist together, so this check is enough to be fair.
         if self._free > 0:
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a place, waiting for one when all are held."""
+        if self.try_acquire():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -81,8 +87,9 @@ class Channel(Generic[T]):
 
     async def put(self, item: T) -> None:
         """Add *item*, waiting while the channel is full."""
-        if self._room is not None:
-            await self._room.acquire()
+        room = self._room
+        if room is not None and not room.try_acquire():
+            await room.acquire()
         self._items.append(item)
         reader = self._reader
         if reader is not None and not reader.done():
