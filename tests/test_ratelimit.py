@@ -7,6 +7,7 @@ import itertools
 import random
 import time
 
+import attrs
 import pytest
 
 from monica_async import AdaptiveRateLimit, InvalidRequestError, RateLimit, RateLimiter
@@ -179,6 +180,14 @@ def test_invalid_rate_limits_name_the_argument(kwargs: dict[str, object], messag
     with pytest.raises(InvalidRequestError) as info:
         RateLimit(**kwargs)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+def test_settings_are_read_only_once_built() -> None:
+    """Changing a setting later would desynchronise the log and the derived spacing."""
+    limit = RateLimit(10, per=2.0)
+    with pytest.raises(attrs.exceptions.FrozenAttributeError):
+        limit.requests = 20
+    assert limit.interval == 0.2
 
 
 def test_repr_shows_the_effective_settings() -> None:
