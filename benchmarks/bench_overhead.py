@@ -20,7 +20,6 @@ from types import TracebackType
 from typing import Any, cast
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from monica_async import MonicaClient
 
@@ -32,9 +31,8 @@ BASE_URL = "http://127.0.0.1:8080"
 ENDPOINT = f"{BASE_URL}/v1/image/tool/upscale"
 HEADERS = {"Authorization": "Bearer bench-key", "Content-Type": "application/json"}
 _BODY = b'{"image": "http://127.0.0.1:8080/results/0.png"}'
-_ANSWER_HEADERS = CIMultiDictProxy(
-    CIMultiDict({"Content-Type": "application/json", "Content-Length": str(len(_BODY))})
-)
+# Lower-case names: a plain dict stands in for aiohttp's case-insensitive headers.
+_ANSWER_HEADERS = {"content-type": "application/json", "content-length": str(len(_BODY))}
 
 #: A contender: (requests, concurrency) -> requests answered with an image.
 Contender = Callable[[int, int], Coroutine[Any, Any, int]]
