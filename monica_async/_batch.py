@@ -8,10 +8,23 @@ the workers down instead of piling results up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
 from typing import Final
 
-from ._exceptions import AuthenticationError, MonicaError, PermissionDeniedError
+from ._exceptions import (
+    AuthenticationError,
+    InvalidRequestError,
+    MonicaError,
+    PermissionDeniedError,
+)
 from ._flow import Channel, Slots
 from ._models import Outcome, UpscaleResult
 
@@ -50,7 +63,7 @@ class _Source:
         elif isinstance(images, Iterable) and not isinstance(images, str | bytes):
             self.numbered = enumerate(images)
         else:
-            raise MonicaError(
+            raise InvalidRequestError(
                 f"images must be an iterable or async iterable of URLs, got {type(images).__name__}"
             )
         # Async iterators may not be advanced by two tasks at once.
@@ -74,16 +87,30 @@ class _Source:
         return index, item
 
 
-async def run_batch(
+def run_batch(
     call: Callable[[str], Awaitable[UpscaleResult]],
     images: Iterable[object] | AsyncIterable[object],
     *,
     workers: int,
     buffer: int,
     ordered: bool,
-) -> AsyncIterator[Outcome]:
-    """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*."""
-    source = _Source(images)
+) -> AsyncGenerator[Outcome, None]:
+    """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*.
+
+    Raises:
+        InvalidRequestError: *images* is not an iterable (at once, not on iteration).
+    """
+    return _run(call, _Source(images), workers=workers, buffer=buffer, ordered=ordered)
+
+
+async def _run(
+    call: Callable[[str], Awaitable[UpscaleResult]],
+    source: _Source,
+    *,
+    workers: int,
+    buffer: int,
+    ordered: bool,
+) -> AsyncGenerator[Outcome, None]:
     channel: Channel[Outcome | _Finished | _Failed] = Channel(None if ordered else buffer)
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
     # a place before pulling an input and the consumer frees it when it yields that one.

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -490,6 +490,11 @@ class MonicaClient:
             workers: Concurrent workers (default: the client's ``max_concurrency``).
             buffer: Finished outcomes held for a slow consumer before the workers
                 wait (default: ``2 * workers``); also the look-ahead when *ordered*.
+
+        Raises:
+            InvalidRequestError: *images* is not an iterable (a single URL string
+                included), or *scale*, *workers* or *buffer* is invalid; at once,
+                before any request.
         """
         scale = validate_scale(scale)
         timeout, policy = self.timeout, self.retry
@@ -500,17 +505,12 @@ class MonicaClient:
         size = 2 * count if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
-        # run_batch is an async generator: say so, so that callers may aclose() it
-        # (contextlib.aclosing) with no type error.
-        return cast(
-            "AsyncGenerator[Outcome, None]",
-            run_batch(
-                functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
-                images,
-                workers=count,
-                buffer=size,
-                ordered=ordered,
-            ),
+        return run_batch(
+            functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
+            images,
+            workers=count,
+            buffer=size,
+            ordered=ordered,
         )
 
     async def upscale_all(

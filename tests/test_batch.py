@@ -122,6 +122,18 @@ async def test_invalid_inputs_get_an_error_outcome_and_cost_no_request(
     assert server.stats.total == 3
 
 
+@pytest.mark.parametrize("images", ["http://127.0.0.1:9/one.png", b"http://x/y.png", 42, None])
+async def test_a_non_iterable_batch_is_refused_at_the_call(
+    server: FakeMonicaServer, images: object
+) -> None:
+    """A single URL string, bytes or a non-iterable fail at once, naming the type."""
+    async with client_for(server) as client:
+        with pytest.raises(InvalidRequestError) as info:
+            client.upscale_many(images)  # type: ignore[arg-type]
+    assert str(info.value).endswith(f"got {type(images).__name__}")
+    assert server.stats.total == 0
+
+
 async def test_peak_in_flight_never_exceeds_max_concurrency(server: FakeMonicaServer) -> None:
     """With slow answers the server sees at most max_concurrency at once, and close to it."""
     server.latency = 0.05
