@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import json
 import logging
 import os
-import platform
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
 from pathlib import Path
@@ -19,7 +16,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import _retry
+from . import _download, _retry
 from ._batch import run_batch
 from ._config import (
     BASE_URL_ENV,
@@ -34,95 +31,37 @@ from ._config import (
     resolve_api_key,
     resolve_timeout,
 )
+from ._download import byte_limit
 from ._exceptions import (
-    APIConnectionError,
     APIError,
     APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
     InvalidRequestError,
     MonicaError,
     RateLimitError,
     excerpt,
-    status_error_class,
 )
 from ._flow import Slots
+from ._http import (
+    USER_AGENT,
+    loggable_url,
+    map_transport_error,
+    request_id,
+    status_error,
+)
 from ._models import Outcome, UpscaleResult
 from ._ratelimit import AdaptiveRateLimit, RateLimiter
 from ._stats import ClientStats, StatsRecorder
 from ._validation import is_loopback_host, validate_image_url, validate_scale
-from ._version import __version__
 
 __all__ = ["MonicaClient"]
 
 logger = logging.getLogger("monica_async")
-
-_REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
-_IMAGE_MAGIC = (
-    b"\x89PNG\r\n\x1a\n",
-    b"\xff\xd8\xff",
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",
-    b"II*\x00",
-    b"MM\x00*",
-)
-_CHUNK = 64 * 1024
-
-USER_AGENT = (
-    f"monica-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
-)
 
 
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
     CLOSED = "closed"
-
-
-def _request_id(headers: Mapping[str, str]) -> str | None:
-    for name in _REQUEST_ID_HEADERS:
-        value = headers.get(name)
-        if value:
-            return value
-    return None
-
-
-def _loggable(url: str) -> str:
-    """*url* without credentials, query or fragment (a presigned URL's signature), shortened."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return excerpt(f"{parts.scheme}://{host}{port}{parts.path}", 80)
-
-
-def _looks_like_image(first: bytes) -> bool:
-    if first.startswith(b"RIFF") and first[8:12] == b"WEBP":
-        return True
-    return first.startswith(_IMAGE_MAGIC)
-
-
-def parse_error_body(raw: str) -> tuple[str | None, str | None]:
-    """Read ``{"error": {"code": ..., "message": ...}}``; never raises."""
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        return None, None
-    if not isinstance(payload, dict):
-        return None, None
-    error = payload.get("error")
-    if isinstance(error, dict):
-        code, message = error.get("code"), error.get("message")
-        return (
-            None if code is None else str(code),
-            message if isinstance(message, str) and message else None,
-        )
-    if isinstance(error, str) and error:
-        return None, error
-    message = payload.get("message")
-    return None, message if isinstance(message, str) and message else None
 
 
 #: What one successful attempt produced: the decoded body, the body's text, the
@@ -197,7 +136,7 @@ class MonicaClient:
             )
         self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
         self.allow_insecure_http = allow_insecure_http
-        self.max_download_bytes = _byte_limit("max_download_bytes", max_download_bytes)
+        self.max_download_bytes = byte_limit("max_download_bytes", max_download_bytes)
         self._extra_headers = dict(headers or {})
         for name in self._extra_headers:
             if name.lower() == "authorization":
@@ -352,7 +291,7 @@ class MonicaClient:
                     lambda number: self._attempt(session, image, scale, timeout, number, policy),
                     policy,
                     began=began,
-                    what=lambda: f"upscale {_loggable(image)}",
+                    what=lambda: f"upscale {loggable_url(image)}",
                 )
             payload, raw, request_id, attempts = done
             result = UpscaleResult.from_response(
@@ -444,7 +383,7 @@ class MonicaClient:
                     time.monotonic() - started,
                     number,
                 )
-        request_id = _request_id(response_headers)
+        rid = request_id(response_headers)
         if status != 200:
             raise status_error(status, raw, response_headers, url=self._endpoint)
         try:
@@ -454,9 +393,9 @@ class MonicaClient:
                 f"the server answered 200 with a body that is not JSON: {excerpt(raw, 100)!r}",
                 body=raw,
                 url=self._endpoint,
-                request_id=request_id,
+                request_id=rid,
             ) from None
-        return payload, raw, request_id, number
+        return payload, raw, rid, number
 
     # -- batches -----------------------------------------------------------------------
 
@@ -552,166 +491,13 @@ class MonicaClient:
             APIConnectionError: The image server could not be reached.
         """
         url = result.url if isinstance(result, UpscaleResult) else result
-        url = validate_image_url(url)
-        host = urlsplit(url).hostname
-        if url.lower().startswith("http:") and not (
-            self.allow_insecure_http or is_loopback_host(host)
-        ):
-            raise InvalidRequestError(
-                f"refusing to download over plain http from {host!r}; "
-                "pass allow_insecure_http=True to the client to allow it"
-            )
-        limit = (
-            self.max_download_bytes if max_bytes is None else _byte_limit("max_bytes", max_bytes)
+        limit = self.max_download_bytes if max_bytes is None else byte_limit("max_bytes", max_bytes)
+        return await _download.download(
+            self._open(),
+            url,
+            Path(path),
+            limit=limit,
+            timeout=self._timeout_for(timeout),
+            policy=self.retry,
+            allow_insecure_http=self.allow_insecure_http,
         )
-        attempt_timeout = self._timeout_for(timeout)
-        target = Path(path)
-        session = self._open()
-
-        async def attempt(number: int) -> Path:
-            return await self._download_once(session, url, target, limit, attempt_timeout)
-
-        return await _retry.retrying(attempt, self.retry, what=lambda: f"download {_loggable(url)}")
-
-    async def _download_once(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        target: Path,
-        limit: int,
-        timeout: aiohttp.ClientTimeout,
-    ) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Not mkstemp: the image would keep its 0600. O_EXCL is as safe and honours the umask.
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        fd = os.open(tmp, flags, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                try:
-                    async with session.get(
-                        url, headers={"User-Agent": USER_AGENT}, timeout=timeout
-                    ) as response:
-                        if response.status != 200:
-                            raw = await _read_error_text(response)
-                            raise status_error(
-                                response.status, raw, response.headers, url=url, method="GET"
-                            )
-                        if response.content_length is not None and response.content_length > limit:
-                            raise _not_downloadable(
-                                url, f"is {response.content_length} bytes, over the {limit} limit"
-                            )
-                        content_type = response.headers.get("content-type", "")
-                        size = 0
-                        first = b""
-                        async for chunk in response.content.iter_chunked(_CHUNK):
-                            if len(first) < 16:
-                                # The first chunk can be shorter than a signature (WebP's is 12).
-                                first += chunk[: 16 - len(first)]
-                            size += len(chunk)
-                            if size > limit:
-                                raise _not_downloadable(url, f"is over the {limit}-byte limit")
-                            out.write(chunk)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise map_transport_error(exc, "GET", url) from exc
-            if size == 0:
-                raise _not_downloadable(url, "is empty")
-            if not (content_type.startswith("image/") or _looks_like_image(first)):
-                raise _not_downloadable(
-                    url, f"is not an image (content-type {content_type or 'missing'!r})"
-                )
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return target
-
-
-def _byte_limit(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(f"{name} must be a number of bytes >= 1, got {value!r}")
-    return value
-
-
-async def _read_error_text(response: aiohttp.ClientResponse) -> str:
-    try:
-        return (await response.content.read(64 * 1024)).decode("utf-8", errors="replace")
-    except (aiohttp.ClientError, TimeoutError):
-        return ""
-
-
-def _not_downloadable(url: str, why: str) -> APIResponseValidationError:
-    return APIResponseValidationError(f"the download from {url[:200]} {why}", method="GET", url=url)
-
-
-def status_error(
-    status: int, raw: str, headers: Mapping[str, str], *, url: str, method: str = "POST"
-) -> APIStatusError:
-    """Build the error for a non-200 answer; reading the body never raises."""
-    code, message = parse_error_body(raw)
-    request_id = _request_id(headers)
-    if message is None:
-        message = excerpt(raw.strip(), 200) or f"HTTP {status} with an empty body"
-    if 300 <= status < 400:
-        message = (
-            f"unexpected redirect to {headers.get('location', '?')!r}; redirects are not "
-            f"followed so that the API key never leaves the API host ({message})"
-        )
-    error = status_error_class(status)(
-        message,
-        status=status,
-        code=code,
-        body=raw,
-        retry_after=_retry.parse_retry_after(headers),
-        method=method,
-        url=url,
-        request_id=request_id,
-    )
-    hint = headers.get("x-should-retry", "").strip().lower()
-    if hint in ("true", "false"):
-        error.should_retry_hint = hint == "true"  # type: ignore[attr-defined]
-    return error
-
-
-def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
-    """Map an aiohttp or timeout error to the library's error (the one boundary).
-
-    The original is redacted in place, since it becomes the ``__cause__``.
-    """
-    _redact_request_info(exc)
-    if isinstance(exc, TimeoutError):
-        return APITimeoutError(
-            f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        detail = (
-            f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-        )
-    elif isinstance(exc, aiohttp.ServerDisconnectedError):
-        detail = "the server closed the connection without answering"
-    elif isinstance(exc, aiohttp.ClientPayloadError):
-        detail = "the answer's body was cut short"
-    elif isinstance(exc, aiohttp.ClientResponseError):
-        detail = f"invalid HTTP answer ({exc.message})"
-    else:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return APIConnectionError(f"{method} {url} failed: {detail}", method=method, url=url)
-
-
-def _redact_request_info(exc: BaseException) -> None:
-    """Hide the API key that aiohttp keeps in ``ClientResponseError.request_info``.
-
-    Its ``repr`` (shown by debuggers, test runners and ``%r`` logging) prints the
-    request headers, ``Authorization`` included.
-    """
-    if not isinstance(exc, aiohttp.ClientResponseError):
-        return
-    info = exc.request_info
-    if info is None or "Authorization" not in info.headers:
-        return
-    headers = info.headers.copy()
-    headers["Authorization"] = "<redacted>"
-    redacted = info._replace(headers=type(info.headers)(headers))
-    exc.request_info = redacted
-    exc.args = (redacted, exc.history)

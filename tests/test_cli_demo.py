@@ -37,7 +37,7 @@ async def _demo(tmp_path: Path, *args: str) -> Demo:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "monica_async._cli",
+        "monica_async",
         "demo",
         "--output-dir",
         "demo",

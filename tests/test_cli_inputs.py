@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from monica_async._cli_inputs import InputRecord, count_inputs, open_input, stream_inputs
-from monica_async._cli_options import InputFormat, RateSpec, ShardSpec, UsageError
-from monica_async._cli_output import ResultLog, download_name, input_key, read_done
-from monica_async._cli_progress import format_seconds
+from monica_async.cli._inputs import InputRecord, count_inputs, open_input, stream_inputs
+from monica_async.cli._options import InputFormat, RateSpec, ShardSpec, UsageError
+from monica_async.cli._output import ResultLog, download_name, input_key, read_done
+from monica_async.cli._progress import format_seconds
 
 # -- --rate and --shard ---------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """monica-upscale as a real process: errors, stdin, signals, SIGKILL and resume, shards.
 
 The fake server runs in the test's own event loop while the command runs as a
-subprocess (``python -m monica_async._cli``), so the server keeps answering while
+subprocess (``python -m monica_async``), so the server keeps answering while
 the test waits for the process.
 """
 
@@ -28,7 +28,7 @@ pytest_plugins = ["conftest_redis"]
 KEY = "cli-process-test-key"
 #: A bound on how long a process may take before the test gives up: never a speed check.
 PROCESS_TIMEOUT = 45.0
-CLI = [sys.executable, "-m", "monica_async._cli"]
+CLI = [sys.executable, "-m", "monica_async"]
 
 
 @attrs.frozen
@@ -159,7 +159,8 @@ async def test_missing_rich_is_one_line_naming_the_extra(tmp_path: Path) -> None
     """Without rich, the command says which extra to install, in one line."""
     code = (
         "import sys; sys.modules['rich'] = None; "
-        "from monica_async._cli import main; sys.exit(main(['run', 'in.txt', '-o', 'o.jsonl']))"
+        "from monica_async.cli import main; "
+        "sys.exit(main(['run', 'in.txt', '-o', 'o.jsonl']))"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -12,9 +12,9 @@ import attrs
 import pytest
 from aiohttp import web
 
-from monica_async._cli import build_parser, run_options
-from monica_async._cli_output import download_name
-from monica_async._cli_run import execute
+from monica_async.cli._main import build_parser, run_options
+from monica_async.cli._output import download_name
+from monica_async.cli._run import execute
 from monica_async.testing import FakeMonicaServer, Fault
 
 HINT = "monica-upscale run ... --resume"

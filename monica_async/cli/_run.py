@@ -24,9 +24,22 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, Any, Final, TextIO
 
-from ._cli_inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
-from ._cli_options import RunOptions, UsageError
-from ._cli_output import (
+from monica_async._client import MonicaClient
+from monica_async._config import RetryPolicy
+from monica_async._exceptions import (
+    APIError,
+    AuthenticationError,
+    InvalidRequestError,
+    MonicaError,
+    PermissionDeniedError,
+)
+from monica_async._models import Outcome, UpscaleResult
+from monica_async._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
+from monica_async._stats import ClientStats
+
+from ._inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
+from ._options import RunOptions, UsageError
+from ._output import (
     ResultLog,
     download_name,
     error_fields,
@@ -35,19 +48,7 @@ from ._cli_output import (
     problem_record,
     read_done,
 )
-from ._cli_progress import BarReporter, PlainReporter, Reporter, Tally, summary
-from ._client import MonicaClient
-from ._config import RetryPolicy
-from ._exceptions import (
-    APIError,
-    AuthenticationError,
-    InvalidRequestError,
-    MonicaError,
-    PermissionDeniedError,
-)
-from ._models import Outcome, UpscaleResult
-from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
-from ._stats import ClientStats
+from ._progress import BarReporter, PlainReporter, Reporter, Tally, summary
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "execute"]
 
@@ -114,7 +115,7 @@ def _limiter(options: RunOptions) -> RateLimiter:
     if options.redis_url is not None:
         if rate is None:
             raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
-        from ._redis import RedisRateLimit
+        from monica_async._redis import RedisRateLimit
 
         # One budget per API key, shared by every process using it; Redis stores the
         # name in clear, so it holds a digest of the key, never the key.

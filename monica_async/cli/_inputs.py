@@ -23,7 +23,7 @@ from typing import IO, Final
 
 import attrs
 
-from ._cli_options import InputFormat, UsageError
+from ._options import InputFormat, UsageError
 
 __all__ = [
     "InputRecord",

@@ -1,6 +1,6 @@
 """``monica-upscale``: the command line (``run``, ``demo``, ``serve-fake``).
 
-Run it as ``monica-upscale ...`` or ``python -m monica_async._cli ...``. Exit
+Run it as ``monica-upscale ...`` or ``python -m monica_async ...``. Exit
 statuses: 0 every input succeeded, 1 some failed, 2 a usage or configuration
 error (one line on stderr), 130 interrupted (SIGINT or SIGTERM).
 """
@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from ._cli_options import (
+from monica_async._config import (
+    API_KEY_ENV,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+)
+from monica_async._validation import ALLOWED_SCALES
+from monica_async._version import __version__
+
+from ._options import (
     DEFAULT_GRACE,
     InputFormat,
     RateSpec,
@@ -24,11 +33,8 @@ from ._cli_options import (
     ShardSpec,
     UsageError,
 )
-from ._cli_progress import require_rich
-from ._cli_run import EXIT_INTERRUPTED, EXIT_USAGE, execute, resume_command
-from ._config import API_KEY_ENV, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT
-from ._validation import ALLOWED_SCALES
-from ._version import __version__
+from ._progress import require_rich
+from ._run import EXIT_INTERRUPTED, EXIT_USAGE, execute, resume_command
 
 __all__ = ["main"]
 
@@ -239,7 +245,7 @@ def _prog_for_hint() -> str:
     name = os.path.basename(sys.argv[0]) if sys.argv else ""
     if name.startswith(PROG):
         return PROG
-    return f"{shlex.quote(sys.executable)} -m monica_async._cli"
+    return f"{shlex.quote(sys.executable)} -m monica_async"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         require_rich()
         if args.command == "demo":
-            from ._cli_demo import run_demo
+            from ._demo import run_demo
 
             return asyncio.run(
                 run_demo(
@@ -273,12 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve_fake(argv: list[str]) -> int:
     try:
-        from .testing import serve_fake_main
+        from monica_async.testing import serve_fake_main
     except ImportError as exc:
         print(f"{PROG}: error: serve-fake is unavailable: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     return serve_fake_main(argv, prog=f"{PROG} serve-fake")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

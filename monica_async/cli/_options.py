@@ -9,7 +9,7 @@ from typing import Final
 
 import attrs
 
-from ._config import DEFAULT_MAX_CONCURRENCY
+from monica_async._config import DEFAULT_MAX_CONCURRENCY
 
 __all__ = ["InputFormat", "RateSpec", "RunOptions", "ShardSpec", "UsageError"]
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from ._cli_options import UsageError
-from ._stats import ClientStats
+from monica_async._stats import ClientStats
+
+from ._options import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress

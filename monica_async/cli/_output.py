@@ -20,9 +20,10 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from ._cli_inputs import InputRecord
-from ._cli_options import UsageError
-from ._exceptions import APIResponseValidationError, APIStatusError, MonicaError
+from monica_async._exceptions import APIResponseValidationError, APIStatusError, MonicaError
+
+from ._inputs import InputRecord
+from ._options import UsageError
 
 __all__ = ["ResultLog", "ResumeState", "download_name", "error_fields", "input_key", "read_done"]
 

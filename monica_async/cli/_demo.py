@@ -23,9 +23,9 @@ from typing import Any, Final, TextIO
 
 import attrs
 
-from ._cli_options import InputFormat, RateSpec, RunOptions, UsageError
-from ._cli_progress import require_pillow
-from ._cli_run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, execute
+from ._options import InputFormat, RateSpec, RunOptions, UsageError
+from ._progress import require_pillow
+from ._run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, execute
 
 __all__ = ["run_demo"]
 
@@ -60,7 +60,7 @@ class DemoPicture:
 
 def plan_pictures(count: int, seed: int) -> list[DemoPicture]:
     """Draw the demo's pictures: varied sizes and formats, four meant to fail."""
-    from .testing import make_sample_image
+    from monica_async.testing import make_sample_image
 
     rng = random.Random(seed)
     good = count - 4
@@ -154,7 +154,7 @@ async def run_demo(
     """
     out = sys.stdout if out is None else out
     require_pillow()
-    from .testing import FakeMonicaServer, Fault
+    from monica_async.testing import FakeMonicaServer, Fault
 
     if count < 6:
         raise UsageError(f"--count must be at least 6, got {count}")

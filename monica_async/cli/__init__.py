@@ -1,0 +1,8 @@
+"""The ``monica-upscale`` command line.
+
+The library never imports this package: it needs the ``cli`` extra (rich, Pillow).
+"""
+
+from ._main import main
+
+__all__ = ["main"]
