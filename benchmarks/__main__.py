@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import (
+    bench_concurrency,
     bench_faults,
     bench_latency,
     bench_limiter,
@@ -41,6 +42,7 @@ MODULES: dict[str, ModuleType] = {
         bench_latency,
         bench_limiter,
         bench_ratelimited,
+        bench_concurrency,
         bench_memory,
         bench_faults,
     )

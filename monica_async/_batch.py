@@ -1,8 +1,10 @@
-"""The batch engine: a fixed pool of workers pulling inputs lazily.
+"""The batch engine: a pool of workers pulling inputs lazily.
 
 Memory does not grow with the input: there is one task per worker, never one per
 input, and finished outcomes wait in a bounded channel, so a slow consumer slows
-the workers down instead of piling results up.
+the workers down instead of piling results up. The pool is fixed, or grows (never
+shrinks: a worker too many only waits for a place) as an automatic concurrency
+target asks for more.
 """
 
 from __future__ import annotations
@@ -94,13 +96,18 @@ def run_batch(
     workers: int,
     buffer: int,
     ordered: bool,
+    wanted: Callable[[], int] | None = None,
 ) -> AsyncGenerator[Outcome, None]:
     """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*.
+
+    With *wanted*, more workers are started whenever it asks for more than run.
 
     Raises:
         InvalidRequestError: *images* is not an iterable (at once, not on iteration).
     """
-    return _run(call, _Source(images), workers=workers, buffer=buffer, ordered=ordered)
+    return _run(
+        call, _Source(images), workers=workers, buffer=buffer, ordered=ordered, wanted=wanted
+    )
 
 
 async def _run(
@@ -110,6 +117,7 @@ async def _run(
     workers: int,
     buffer: int,
     ordered: bool,
+    wanted: Callable[[], int] | None,
 ) -> AsyncGenerator[Outcome, None]:
     channel: Channel[Outcome | _Finished | _Failed] = Channel(None if ordered else buffer)
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
@@ -132,6 +140,8 @@ async def _run(
                     break
                 index, item = pulled
                 label = item if isinstance(item, str) else repr(item)
+                if wanted is not None:
+                    grow()
                 if key_error:
                     outcome = Outcome(index=index, source=label, error=key_error[0])
                 else:
@@ -150,15 +160,23 @@ async def _run(
         else:
             await channel.put(_FINISHED)
 
-    tasks = [asyncio.create_task(work(), name=f"monica-worker-{i}") for i in range(workers)]
-    running = len(tasks)
+    tasks: list[asyncio.Task[None]] = []
+
+    def grow() -> None:
+        """Start the workers the target asks for beyond those running."""
+        assert wanted is not None
+        for _ in range(wanted() - len(tasks)):
+            tasks.append(asyncio.create_task(work(), name=f"monica-worker-{len(tasks)}"))
+
+    tasks += [asyncio.create_task(work(), name=f"monica-worker-{i}") for i in range(workers)]
     pending: dict[int, Outcome] = {}
     next_index = 0
+    finished = 0
     try:
-        while running:
+        while finished < len(tasks):
             message = await channel.get()
             if isinstance(message, _Finished):
-                running -= 1
+                finished += 1
             elif isinstance(message, _Failed):
                 raise message.error
             elif not ordered:

@@ -18,12 +18,14 @@ import aiohttp
 
 from . import _download, _retry
 from ._batch import run_batch
+from ._concurrency import AutoConcurrency, Blame, limiter_rate
 from ._config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_TIMEOUT,
+    MAX_AUTO_CONCURRENCY,
     UPSCALE_PATH,
     USE_CLIENT_DEFAULT,
     RetryPolicy,
@@ -83,7 +85,10 @@ class MonicaClient:
         timeout: Per attempt: seconds (total) or an ``aiohttp.ClientTimeout``.
         retry: When and how long to retry (:class:`RetryPolicy`).
         max_concurrency: Attempts in flight at once across every call of this
-            client, single calls and batches alike.
+            client, single calls and batches alike. ``None`` (default): sized
+            automatically from the limiter's rate and the latency observed, from
+            16 up to :data:`MAX_AUTO_CONCURRENCY` (256), lowered when the server
+            answers 429 to a high number in flight. An integer is a hard cap.
         rate_limit: A :class:`RateLimit`, :class:`AdaptiveRateLimit`,
             :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: an
             :class:`AdaptiveRateLimit` with no limit until the server answers 429,
@@ -105,7 +110,7 @@ class MonicaClient:
         base_url: str | None = None,
         timeout: float | aiohttp.ClientTimeout | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        max_concurrency: int | None = None,
         rate_limit: RateLimiter | None = None,
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
@@ -122,11 +127,13 @@ class MonicaClient:
         self.retry = RetryPolicy() if retry is None else retry
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+        if max_concurrency is not None and (
+            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+        ):
             raise InvalidRequestError(
-                f"max_concurrency must be an integer, got {max_concurrency!r}"
+                f"max_concurrency must be an integer or None (automatic), got {max_concurrency!r}"
             )
-        if max_concurrency < 1:
+        if max_concurrency is not None and max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.max_concurrency = max_concurrency
         if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
@@ -155,12 +162,24 @@ class MonicaClient:
         self._session = session
         self._owns_session = session is None
         self._state = _State.UNOPENED
-        self._semaphore = Slots(max_concurrency)
+        self._auto: AutoConcurrency | None = None
+        if max_concurrency is None:
+            self._auto = AutoConcurrency(
+                DEFAULT_MAX_CONCURRENCY,
+                MAX_AUTO_CONCURRENCY,
+                limiter_rate(self.rate_limit),
+                fixed_rate=not hasattr(self.rate_limit, "rate")
+                and limiter_rate(self.rate_limit)() is not None,
+            )
+            self._slots = self._auto.slots
+        else:
+            self._slots = Slots(max_concurrency)
         self._stats = StatsRecorder()
 
     def __repr__(self) -> str:
         return (
-            f"MonicaClient(base_url={self.base_url!r}, max_concurrency={self.max_concurrency}, "
+            f"MonicaClient(base_url={self.base_url!r}, "
+            f"max_concurrency={self.max_concurrency or 'auto'}, "
             f"rate_limit={self.rate_limit!r}, state={self._state.value})"
         )
 
@@ -203,9 +222,9 @@ class MonicaClient:
         if self._state is _State.CLOSED:
             raise MonicaError("this MonicaClient is closed; create a new one")
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=max(100, 2 * self.max_concurrency), ttl_dns_cache=300
-            )
+            # The pool follows the concurrency: never the bottleneck, never unbounded.
+            most = MAX_AUTO_CONCURRENCY if self.max_concurrency is None else self.max_concurrency
+            connector = aiohttp.TCPConnector(limit=max(100, 2 * most), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": USER_AGENT}
             )
@@ -233,7 +252,16 @@ class MonicaClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the client's counters (:class:`ClientStats`)."""
-        return self._stats.snapshot()
+        auto = self._auto
+        if auto is None:
+            concurrency, reason = self.max_concurrency or 0, "fixed by max_concurrency"
+        else:
+            concurrency, reason = auto.limit, auto.reason
+        return self._stats.snapshot(
+            concurrency=concurrency,
+            concurrency_reason=reason,
+            rate=limiter_rate(self.rate_limit)(),
+        )
 
     # -- single calls ----------------------------------------------------------------
 
@@ -320,21 +348,33 @@ class MonicaClient:
         policy: RetryPolicy,
     ) -> _Answer:
         stats = self._stats
-        semaphore = self._semaphore
-        if not semaphore.try_acquire():
-            await semaphore.acquire()
+        slots = self._slots
+        auto = self._auto
+        if not slots.try_acquire():
+            if auto is not None:
+                auto.waiting()
+            await slots.acquire()
         try:
-            stats.limiter_wait += await self.rate_limit.acquire()
+            waited = await self.rate_limit.acquire()
+            stats.limiter_wait += waited
             started = time.monotonic()
+            if auto is not None:
+                auto.started(started)
             stats.attempts += 1
             if number > 1:
                 stats.retries += 1
             stats.in_flight += 1
+            in_flight = stats.in_flight
             try:
                 done = await self._post(session, image, scale, timeout, number, started)
             except RateLimitError as exc:
                 exc.attempts = number
                 stats.rate_limited += 1
+                if auto is not None and (
+                    auto.rate_limited(time.monotonic(), stats.in_flight - 1) is Blame.CONCURRENCY
+                ):
+                    # Too many in flight, not too fast: fewer places, no shared pause.
+                    raise
                 # A Retry-After longer than the policy honours fails this call at once;
                 # pausing every other caller for that long would stall them all.
                 pause = exc.retry_after
@@ -344,9 +384,12 @@ class MonicaClient:
                 raise
             finally:
                 stats.in_flight -= 1
+            if auto is not None:
+                now = time.monotonic()
+                auto.accepted(now, now - started, in_flight)
             await self.rate_limit.on_success(started)
         finally:
-            semaphore.release()
+            slots.release()
         return done
 
     async def _post(
@@ -426,9 +469,12 @@ class MonicaClient:
             scale: Scale factor for every image.
             ordered: Yield in input order (a bounded look-ahead) instead of
                 completion order.
-            workers: Concurrent workers (default: the client's ``max_concurrency``).
+            workers: Concurrent workers. Default: the client's ``max_concurrency``,
+                or, when that is automatic, as many as its current target (workers
+                are started as the target grows).
             buffer: Finished outcomes held for a slow consumer before the workers
-                wait (default: ``2 * workers``); also the look-ahead when *ordered*.
+                wait (default: twice the most workers); also the look-ahead when
+                *ordered*.
 
         Raises:
             InvalidRequestError: *images* is not an iterable (a single URL string
@@ -438,16 +484,30 @@ class MonicaClient:
         scale = validate_scale(scale)
         timeout, policy = self.timeout, self.retry
         self._open()
-        count = self.max_concurrency if workers is None else workers
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
             raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-        size = 2 * count if buffer is None else buffer
+        auto = self._auto
+        if workers is not None or auto is None:
+            count = workers or self.max_concurrency or 1
+            wanted = None
+        else:
+            # Workers follow the automatic target, with a few spare ones waiting for a
+            # place: their wait is what tells the controller that more would be used.
+            def wanted() -> int:
+                return auto.limit + max(2, auto.limit // 8)
+
+            count = wanted()
+
+        size = 2 * (count if wanted is None else MAX_AUTO_CONCURRENCY) if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
         return run_batch(
             functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
             images,
             workers=count,
+            wanted=wanted,
             buffer=size,
             ordered=ordered,
         )

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_TIMEOUT",
+    "MAX_AUTO_CONCURRENCY",
     "UPSCALE_PATH",
     "USE_CLIENT_DEFAULT",
     "RetryPolicy",
@@ -28,7 +29,10 @@ BASE_URL_ENV: Final = "MONICA_BASE_URL"
 
 #: Upscaling takes seconds on the server; the total bounds one attempt, not the retries.
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120.0, connect=10.0, sock_connect=10.0)
+#: Attempts in flight before an automatic concurrency has measured anything.
 DEFAULT_MAX_CONCURRENCY: Final = 16
+#: Upper bound of the automatic concurrency: 20 requests/s at 10 s each, with headroom.
+MAX_AUTO_CONCURRENCY: Final = 256
 #: Results are images of at most 4096x4096; 64 MiB covers any PNG of that size.
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
 

@@ -33,8 +33,27 @@ class Slots:
 
     @property
     def free(self) -> int:
-        """Places nobody holds."""
+        """Places nobody holds (negative after a shrink, until holders give enough back)."""
         return self._free
+
+    def resize(self, delta: int) -> None:
+        """Add *delta* places (remove them when negative); holders keep theirs.
+
+        A shrink takes effect as holders release: their places go nowhere until the
+        count is back in range. A growth wakes as many waiters as it adds places.
+        """
+        self._free += delta
+        waiters = self._waiters
+        while self._free > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._free -= 1
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a place."""
+        return len(self._waiters)
 
     def try_acquire(self) -> bool:
         """Take a place if one is free at once; tell whether it did (no coroutine)."""
@@ -62,6 +81,10 @@ class Slots:
 
     def release(self) -> None:
         """Give a place back: to the longest waiter, else to the pool."""
+        if self._free < 0:
+            # Shrunk while held: this place is one of those removed.
+            self._free += 1
+            return
         waiters = self._waiters
         while waiters:
             waiter = waiters.popleft()

@@ -27,7 +27,7 @@ import attrs
 from ._exceptions import InvalidRequestError
 from ._retry import is_testing
 
-__all__ = ["AdaptiveRateLimit", "RateLimit", "RateLimiter"]
+__all__ = ["AdaptiveRateLimit", "Evidence", "RateLimit", "RateLimiter"]
 
 #: Pause after a 429 without ``Retry-After``; doubled on each 429 in a row.
 DEFAULT_PAUSE: Final = 1.0
@@ -36,7 +36,14 @@ MAX_PAUSE: Final = 60.0
 MIN_MARGIN: Final = 0.015
 #: Successes in a second an adaptive limiter needs before it trusts them as a rate.
 _MIN_SAMPLES: Final = 3
-#: Seconds between snapshots of an adaptive limiter's counters while it has no rate.
+#: Outcomes :class:`Evidence` looks at, the share of 429s among them and the run of
+#: 429s that show a limit.
+_EVIDENCE_WINDOW: Final = 100
+_EVIDENCE_SHARE: Final = 0.15
+_EVIDENCE_STREAK: Final = 4
+#: A booking this far ahead means the limiter is holding callers back.
+_HELD: Final = 0.002
+#: Seconds between snapshots of an adaptive limiter's counters.
 _MARK_EVERY: Final = 0.05
 #: Seconds over which callers resume after a pause when no rate is known.
 _RESUME_SPREAD: Final = 0.25
@@ -232,7 +239,7 @@ class RateLimit(_Booking):
         *,
         min: float = 0.5,
     ) -> AdaptiveRateLimit:
-        """A limiter that finds an unknown limit by itself (AIMD), in requests per second.
+        """A limiter that finds an unknown limit by itself, in requests per second.
 
         See :class:`AdaptiveRateLimit`.
         """
@@ -288,38 +295,88 @@ class RateLimit(_Booking):
         return self._pause.extend(retry_after, time.monotonic(), started)
 
 
+class Evidence:
+    """Whether recent 429s show a limit, or are the odd refusal of a busy server.
+
+    A limit shows as refusals close together: every attempt over it is refused. A
+    server that refuses a few percent at random shows a low, steady share. Of the
+    last 100 outcomes (or of 50, while fewer are known), at least 15% refused, or
+    four refusals in a row, show a limit.
+    """
+
+    __slots__ = ("_outcomes", "_refused", "_streak")
+
+    def __init__(self) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=_EVIDENCE_WINDOW)
+        self._refused = 0
+        self._streak = 0
+
+    def add(self, refused: bool) -> None:
+        """Count one outcome: refused with a 429, or accepted."""
+        outcomes = self._outcomes
+        if len(outcomes) == _EVIDENCE_WINDOW and outcomes[0]:
+            self._refused -= 1
+        outcomes.append(refused)
+        if refused:
+            self._refused += 1
+            self._streak += 1
+        else:
+            self._streak = 0
+
+    @property
+    def refused(self) -> int:
+        """429s among the outcomes counted."""
+        return self._refused
+
+    def shows_limit(self) -> bool:
+        """Whether the refusals counted look like a limit."""
+        if self._streak >= _EVIDENCE_STREAK:
+            return True
+        # Counted over at least half a window, so that a few early refusals are not a share.
+        seen = max(len(self._outcomes), _EVIDENCE_WINDOW // 2)
+        return self._refused >= _EVIDENCE_SHARE * seen
+
+
 @attrs.define(eq=False, repr=False)
 class AdaptiveRateLimit(_Booking):
-    """A limiter for a key whose limit is unknown: AIMD on the request rate.
+    """A limiter for a key whose limit is unknown: it learns the rate from 429s.
 
-    It starts at *start* requests per second (``None``: no limit until the first
-    429), multiplies the rate by *decrease* on a 429 (once per burst of 429s:
-    answers to attempts sent before the cut do not cut again) and then adds
-    ``max(1, 5% of the cut rate)`` requests per second for every second of accepted
-    traffic, up to *max_rate*.
-    Starts are spaced evenly (GCRA without burst). On the first 429 without a known
-    rate, the rate becomes 90% of what the server accepted during the last second,
-    or half of what was sent in it when that is more; a 429 before three
-    successes in a second only pauses (it tells nothing about the server's rate).
+    It starts at *start* requests per second (``None``: no limit until 429s show
+    one). Only 429s that show a limit count (:class:`Evidence`: a share of at least
+    15% of the last 100 outcomes, or four in a row): they pause every caller for
+    the ``Retry-After`` and teach the rate. The odd 429 of a busy server leaves both
+    alone; only its own retry waits.
 
-    This is what a client uses when it is given no ``rate_limit``: traffic is
-    unlimited until the server says 429, then everyone pauses and resumes paced.
+    - **Measuring**: when 429s show a limit (once per burst of them), the rate
+      becomes 95% of what the server accepted during the last second (attempts
+      sent minus those refused, a measure that holds at any latency since a
+      server refuses at once), or of the current rate when that is lower. With
+      too few answers to measure, the rate is multiplied by *decrease*.
+    - **Probing**: while the limiter is what holds callers back (they wait for
+      its pace and the last second's attempts used it), the rate grows by
+      ``max(1, 5%)`` requests per second every second (additive increase), so a
+      limit that rises is found again.
+
+    Starts are spaced evenly (GCRA without burst). This is what a client uses when
+    it is given no ``rate_limit``.
     """
 
     start: float | None = None
     max_rate: float | None = None
     min_rate: float = 0.5
-    decrease: float = 0.5
+    decrease: float = 0.7
     _pause: _Pause = attrs.field(init=False, factory=_Pause)
     _rate: float | None = attrs.field(init=False, default=None)
     _tat: float = attrs.field(init=False, default=-math.inf)
     _last_cut: float = attrs.field(init=False, default=-math.inf)
-    _step: float = attrs.field(init=False, default=1.0)
-    # While no rate is known: attempts sent and accepted so far, and snapshots of both
-    # every _MARK_EVERY seconds over the last second (a log of every start would cost
-    # an append and a prune per attempt on the hot path).
+    _grown: float = attrs.field(init=False, default=-math.inf)
+    _held: float = attrs.field(init=False, default=-math.inf)
+    _evidence: Evidence = attrs.field(init=False, factory=Evidence)
+    # Attempts sent and refused so far, and snapshots of both every _MARK_EVERY
+    # seconds over the last second (a log of every start would cost an append and a
+    # prune per attempt on the hot path).
     _sent: int = attrs.field(init=False, default=0)
-    _accepted: int = attrs.field(init=False, default=0)
+    _refused: int = attrs.field(init=False, default=0)
     _marks: deque[tuple[float, int, int]] = attrs.field(init=False, factory=deque)
     _next_mark: float = attrs.field(init=False, default=-math.inf)
 
@@ -343,6 +400,15 @@ class AdaptiveRateLimit(_Booking):
         """The current rate in requests per second (``None``: unlimited)."""
         return self._rate
 
+    async def acquire(self) -> float:
+        """Wait until one more attempt may start; return the seconds waited."""
+        waited = await super().acquire()
+        now = time.monotonic()
+        if now >= self._next_mark:
+            self._mark(now)
+        self._sent += 1
+        return waited
+
     def _book(self, now: float) -> float:
         slot = max(now, self._pause.not_before)
         if self._rate is None:
@@ -350,10 +416,9 @@ class AdaptiveRateLimit(_Booking):
                 # No rate learned yet: spread the callers the pause held over a moment
                 # instead of letting them all start in the same millisecond.
                 slot += random.uniform(0.0, _RESUME_SPREAD)
-            if now >= self._next_mark:
-                self._mark(now)
-            self._sent += 1
             return slot
+        if self._tat > slot + _HELD:
+            self._held = now  # the pace, not a pause, holds this caller back
         slot = max(slot, self._tat)
         self._tat = slot + 1.0 / self._rate
         return slot
@@ -366,50 +431,60 @@ class AdaptiveRateLimit(_Booking):
         """Snapshot the counters (before this call's own count) and forget old snapshots."""
         self._next_mark = now + _MARK_EVERY
         marks = self._marks
-        marks.append((now, self._sent, self._accepted))
+        marks.append((now, self._sent, self._refused))
         while marks[0][0] < now - 1.0:
             marks.popleft()
 
     def _last_second(self, now: float) -> tuple[int, int]:
-        """Attempts sent and accepted during about the last second."""
+        """Attempts sent during about the last second, and those of them not refused."""
         since = now - 1.0
-        for at, sent, accepted in self._marks:
+        for at, sent, refused in self._marks:
             if at >= since:
-                return self._sent - sent, self._accepted - accepted
+                return self._sent - sent, (self._sent - sent) - (self._refused - refused)
         return 0, 0
 
     async def on_success(self, started: float) -> None:
-        """Raise the rate a little (additive increase) and end a run of 429s."""
+        """End a run of 429s; recover or probe the rate while it holds callers back."""
         self._pause.streak = 0
-        if self._rate is None:
-            now = time.monotonic()
-            if now >= self._next_mark:
-                self._mark(now)
-            self._accepted += 1
-        else:
-            # Additive increase: `step` requests/second more per second of traffic.
-            self._rate += self._step / self._rate
-            if self.max_rate is not None:
-                self._rate = min(self._rate, self.max_rate)
+        self._evidence.add(False)
+        rate = self._rate
+        if rate is None:
+            return
+        now = time.monotonic()
+        elapsed = now - self._grown
+        if elapsed < _MARK_EVERY:
+            return
+        self._grown = now
+        elapsed = min(elapsed, 1.0)
+        if now - self._held > 1.0 or self._last_second(now)[0] < 0.9 * rate:
+            return  # the limiter is not what holds callers back: nothing to learn
+        rate += max(1.0, 0.05 * rate) * elapsed
+        self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
-        """Pause everyone, and cut the rate once per burst of 429s."""
+        """When 429s show a limit: pause everyone, and learn or cut the rate.
+
+        The odd 429 that shows no limit changes nothing here (its own retry waits).
+        """
         now = time.monotonic()
+        self._refused += 1
+        self._evidence.add(True)
+        if not self._evidence.shows_limit():
+            return 0.0
         if started >= self._last_cut:
-            self._last_cut = now
-            if self._rate is None:
-                # What the server just accepted in a second is the best guess at its limit;
-                # with almost nothing seen yet there is no guess, only the pause.
-                sent, accepted = self._last_second(now)
-                if accepted >= _MIN_SAMPLES or sent >= 2 * _MIN_SAMPLES:
-                    self._rate = max(self.min_rate, 0.9 * accepted, 0.5 * sent)
-                    self._marks.clear()
-            else:
-                self._rate = max(self.min_rate, self._rate * self.decrease)
-            if self._rate is not None:
-                if self.max_rate is not None:
-                    self._rate = min(self._rate, self.max_rate)
-                self._step = max(1.0, 0.05 * self._rate)
+            accepted = self._last_second(now)[1]
+            rate = self._rate
+            if accepted >= _MIN_SAMPLES:
+                # What the server accepted in the last second, with its 429s around
+                # it, is its limit measured: pace a little under it.
+                rate = 0.95 * (accepted if rate is None else min(rate, accepted))
+            elif rate is not None:
+                rate *= self.decrease
+            if rate is not None:
+                self._last_cut = now
+                rate = max(self.min_rate, rate)
+                self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
         pause = self._pause.extend(retry_after, now, started)
         self._tat = max(self._tat, self._pause.not_before)
+        self._grown = max(self._grown, self._pause.not_before)
         return pause

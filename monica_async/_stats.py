@@ -30,6 +30,11 @@ class ClientStats:
         latency_p95: 95th percentile of the same.
         latency_p99: 99th percentile of the same.
         failures: Final errors by class name.
+        concurrency: Attempts allowed in flight now: the automatic target, or
+            ``max_concurrency`` when fixed.
+        concurrency_reason: Why the target is what it is (its last change).
+        rate: The limiter's rate in requests per second (what an adaptive limiter
+            has learned), ``None`` when it has none.
     """
 
     requests: int = 0
@@ -44,6 +49,9 @@ class ClientStats:
     latency_p95: float | None = None
     latency_p99: float | None = None
     failures: dict[str, int] = attrs.field(factory=dict)
+    concurrency: int = 0
+    concurrency_reason: str = ""
+    rate: float | None = None
 
 
 @attrs.define
@@ -60,8 +68,10 @@ class StatsRecorder:
     failures: Counter[str] = attrs.field(factory=Counter)
     latencies: deque[float] = attrs.field(factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
-    def snapshot(self) -> ClientStats:
-        """Freeze the counters into a :class:`ClientStats`."""
+    def snapshot(
+        self, *, concurrency: int = 0, concurrency_reason: str = "", rate: float | None = None
+    ) -> ClientStats:
+        """Freeze the counters, and the current limits given, into a :class:`ClientStats`."""
         ordered = sorted(self.latencies)
         return ClientStats(
             requests=self.requests,
@@ -76,6 +86,9 @@ class StatsRecorder:
             latency_p95=percentile(ordered, 95),
             latency_p99=percentile(ordered, 99),
             failures=dict(self.failures),
+            concurrency=concurrency,
+            concurrency_reason=concurrency_reason,
+            rate=rate,
         )
 
 

@@ -196,7 +196,7 @@ def test_repr_shows_the_effective_settings() -> None:
 
 
 class TestAdaptive:
-    """AIMD: unlimited until a 429, cut once per burst of 429s, additive increase."""
+    """Learns the rate from 429s that show a limit; ignores the odd one; probes upward."""
 
     async def test_unlimited_until_the_first_429(self) -> None:
         """Without a start rate, bookings never wait."""
@@ -205,37 +205,48 @@ class TestAdaptive:
         assert limit.rate is None
         assert [limit._book(now) for _ in range(100)] == [now] * 100
 
-    async def test_first_429_sets_the_rate_to_what_the_server_accepted(self) -> None:
-        """The rate becomes 90% of the successes seen in the last second."""
+    async def test_429s_showing_a_limit_set_the_rate_to_what_the_server_accepted(self) -> None:
+        """The rate becomes 95% of the attempts of the last second the server did not refuse."""
         limit = RateLimit.adaptive()
-        started = time.monotonic()
         for _ in range(20):
-            await limit.on_success(started)
-        await limit.on_rate_limited(1.0, started=started)
-        assert limit.rate == pytest.approx(18.0)
+            await limit.acquire()
+        started = time.monotonic()
+        for _ in range(4):  # four in a row show a limit
+            await limit.on_rate_limited(1.0, started=started)
+        assert limit.rate == pytest.approx(0.95 * 16)
 
-    async def test_only_the_last_second_counts_toward_the_learned_rate(self) -> None:
-        """Attempts sent long before the 429 do not inflate the rate it learns."""
-        limit = RateLimit.adaptive()
-        now = time.monotonic()
+    async def test_an_odd_429_neither_pauses_nor_cuts(self) -> None:
+        """A refusal among many acceptances shows no limit: rate and callers untouched."""
+        limit = RateLimit.adaptive(start=10.0)
         for _ in range(40):
-            limit._book(now - 5.0)
-        for _ in range(10):
-            limit._book(now)
-        await limit.on_rate_limited(None, started=now)
-        assert limit.rate == pytest.approx(5.0)  # half of the 10 sent in the last second
+            await limit.on_success(time.monotonic())
+        pause = await limit.on_rate_limited(1.0, started=time.monotonic())
+        assert (0.0, 10.0) == (pause, limit.rate)
+        assert limit._pause.not_before < time.monotonic()
+
+    async def test_five_percent_of_429s_at_random_never_cut_the_rate(self) -> None:
+        """One refusal in twenty, spread out, is the noise of a busy server, not a limit."""
+        limit = RateLimit.adaptive(start=10.0)
+        for n in range(400):
+            if n % 20 == 19:
+                await limit.on_rate_limited(1.0, started=time.monotonic())
+            else:
+                await limit.on_success(time.monotonic())
+        assert 10.0 <= (limit.rate or 0.0)
 
     async def test_a_429_before_any_traffic_only_pauses(self) -> None:
-        """With no successes to learn from, a 429 pauses but sets no rate."""
+        """With nothing accepted to measure, 429s pause but set no rate."""
         limit = RateLimit.adaptive()
-        pause = await limit.on_rate_limited(1.0, started=time.monotonic())
+        for _ in range(4):
+            pause = await limit.on_rate_limited(1.0, started=time.monotonic())
         assert limit.rate is None
         assert pause >= 1.0
 
     async def test_callers_resume_spread_out_when_no_rate_is_known(self) -> None:
         """After a pause without a learned rate, bookings spread over a quarter second."""
         limit = RateLimit.adaptive()
-        await limit.on_rate_limited(1.0, started=time.monotonic())
+        for _ in range(4):
+            await limit.on_rate_limited(1.0, started=time.monotonic())
         now = time.monotonic()
         slots = [limit._book(now) for _ in range(50)]
         assert min(slots) >= limit._pause.not_before
@@ -245,18 +256,26 @@ class TestAdaptive:
         """429s answering attempts sent before the cut do not cut again."""
         limit = RateLimit.adaptive(start=10.0)
         sent = time.monotonic()
-        for _ in range(5):
+        for _ in range(6):
             await limit.on_rate_limited(0.0, started=sent)
-        assert limit.rate == pytest.approx(5.0)
+        assert limit.rate == pytest.approx(7.0)  # too little accepted to measure: x0.7
         await limit.on_rate_limited(0.0, started=time.monotonic())
-        assert limit.rate == pytest.approx(2.5)
+        assert limit.rate == pytest.approx(4.9)
 
-    async def test_successes_raise_the_rate_up_to_max(self) -> None:
-        """Each success adds 1/rate, so a second of traffic adds about 1 request/s."""
-        limit = RateLimit.adaptive(start=4.0, max=4.5)
-        for _ in range(4):
+    async def test_the_rate_grows_while_it_holds_callers_back(self) -> None:
+        """Callers that waited for the pace and used it let the rate probe upward."""
+        limit = RateLimit.adaptive(start=8.0, max=8.5)
+        for _ in range(9):
+            await limit.acquire()
+        await limit.on_success(time.monotonic())
+        assert 8.5 == limit.rate
+
+    async def test_the_rate_stays_when_callers_do_not_use_it(self) -> None:
+        """Successes without callers waiting for the pace teach nothing."""
+        limit = RateLimit.adaptive(start=8.0)
+        for _ in range(20):
             await limit.on_success(time.monotonic())
-        assert 4.5 == limit.rate
+        assert 8.0 == limit.rate
 
     async def test_starts_are_spaced_at_the_rate(self) -> None:
         """Bookings are 1/rate apart (no burst)."""
@@ -268,7 +287,7 @@ class TestAdaptive:
     async def test_rate_never_drops_below_min(self) -> None:
         """Repeated cuts stop at min_rate."""
         limit = RateLimit.adaptive(start=1.0, min=0.5)
-        for _ in range(5):
+        for _ in range(9):
             await limit.on_rate_limited(0.0, started=time.monotonic())
         assert 0.5 == limit.rate
 

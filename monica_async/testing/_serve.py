@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 
-from ._server import DEFAULT_API_KEY, DEFAULT_HOST, FakeMonicaServer, Latency
+from ._server import DEFAULT_API_KEY, DEFAULT_HOST, FakeMonicaServer, Fault, Latency
 
 __all__ = ["build_parser", "serve_fake_main"]
 
@@ -35,6 +35,14 @@ def _rate_limit(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(
             f"expected REQUESTS/SECONDS, e.g. 60/60, got {text!r}"
         ) from None
+
+
+def _fault_kinds(text: str) -> dict[Fault, float]:
+    try:
+        return {Fault(name.strip()): 1.0 for name in text.split(",") if name.strip()}
+    except ValueError:
+        kinds = ", ".join(fault.value for fault in Fault)
+        raise argparse.ArgumentTypeError(f"faults are among {kinds}; got {text!r}") from None
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -64,6 +72,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-concurrency", type=int, default=None, metavar="N")
     parser.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
+    parser.add_argument(
+        "--faults",
+        type=_fault_kinds,
+        default=None,
+        metavar="KIND[,KIND]",
+        help="inject only these faults at --fault-rate, e.g. http_429 (default: the usual mix)",
+    )
     parser.add_argument("--retry-after", type=float, default=1.0, metavar="S")
     parser.add_argument(
         "--no-images", action="store_true", help="answer at once without fetching or resizing"
@@ -89,6 +104,7 @@ def serve_fake_main(argv: list[str] | None = None, *, prog: str | None = None) -
             rate_limit=args.rate_limit,
             max_concurrency=args.max_concurrency,
             fault_rate=args.fault_rate,
+            **({} if args.faults is None else {"fault_weights": args.faults}),
             retry_after=args.retry_after,
             seed=args.seed,
         )

@@ -1,0 +1,237 @@
+"""How many attempts a client keeps in flight when ``max_concurrency`` is automatic.
+
+An upscale takes seconds, so the number of attempts in flight, not the request
+rate, is what usually holds a batch back: by Little's law a key allowed *r* requests
+per second at *L* seconds each needs ``r * L`` of them in flight. The controller
+sizes a :class:`~monica_async._flow.Slots` from what it observes:
+
+1. **A known rate** (the limiter's: a :class:`RateLimit`, a :class:`RedisRateLimit`,
+   or what an :class:`AdaptiveRateLimit` has learned): the target is
+   ``rate * L90 * 1.15 + 2``, where ``L90`` is the 90th percentile of recent
+   latencies (before the first answer, the age of the oldest attempt, a lower bound).
+   The headroom covers the spread of latencies; the limiter keeps the pace.
+2. **No known rate**: slow start, as TCP does. While callers wait for a place, the
+   target grows by about half per round trip, unless the latency shows queueing
+   (Vegas-style: the recent median above twice the lowest median seen), which
+   means more in flight only waits longer on the server.
+3. **A server concurrency cap** (many image APIs answer 429 above N in flight):
+   when the limiter's rate is fixed by the user, it paces below the server's rate
+   limit by construction, so a 429 that came with as many in flight as any
+   accepted attempt lately (and not alone), or among enough others to show a limit
+   (:class:`~monica_async._ratelimit.Evidence`), is put down to the number in
+   flight: the cap becomes the number the server was working on, and no one
+   pauses. (An adaptive limiter instead learns the rate that fits: a cap of *C*
+   at latency *L* is a rate of *C / L*.) While callers wait at the cap it is probed upward by
+   5% (at least one place) every ``max(1 s, median latency)`` without such a 429
+   (additive increase, multiplicative decrease: AIMD on concurrency).
+
+The target never exceeds ``max_limit`` (:data:`~monica_async._config.MAX_AUTO_CONCURRENCY`
+by default) and never falls below one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from ._flow import Slots
+from ._ratelimit import Evidence
+
+__all__ = ["AutoConcurrency", "Blame"]
+
+#: Seconds between two recomputations of the target.
+UPDATE_EVERY: Final = 0.1
+#: Latencies kept for the percentiles.
+_SAMPLES: Final = 128
+#: Fewest latencies from which percentiles are trusted.
+_MIN_SAMPLES: Final = 4
+#: Headroom over rate x latency for the spread of latencies.
+HEADROOM: Final = 1.15
+_SPARE: Final = 2
+#: Seconds over which the highest count in flight of an accepted attempt is remembered.
+_HIGH_PERIOD: Final = 5.0
+#: The recent median latency over the lowest one that counts as queueing (Vegas).
+_QUEUEING: Final = 2.0
+
+
+class Blame(enum.Enum):
+    """What a 429 is put down to."""
+
+    #: The request rate: the limiter pauses and adapts.
+    RATE = "rate"
+    #: The number in flight: the cap comes down; no shared pause.
+    CONCURRENCY = "concurrency"
+
+
+class AutoConcurrency:
+    """The automatic concurrency target of one client; see the module docstring.
+
+    Args:
+        initial: Places before anything is known.
+        max_limit: Upper bound of the target.
+        rate: Returns the limiter's current rate in requests per second, ``None``
+            when it has none.
+        fixed_rate: The limiter's rate is set by the user (not learned): a 429
+            that shows a limit is then put down to the number in flight.
+    """
+
+    def __init__(
+        self,
+        initial: int,
+        max_limit: int,
+        rate: Callable[[], float | None],
+        *,
+        fixed_rate: bool = False,
+    ) -> None:
+        self.limit = min(initial, max_limit)
+        self.max_limit = max_limit
+        self.slots = Slots(self.limit)
+        self.reason = "initial"
+        self.cap: int | None = None
+        self._rate = rate
+        self._fixed_rate = fixed_rate
+        self._evidence = Evidence()
+        self._latencies: deque[float] = deque(maxlen=_SAMPLES)
+        self._next_update = 0.0
+        self._first_start: float | None = None
+        self._demand = False
+        self._high = 0
+        self._high_next = 0
+        self._high_until = 0.0
+        self._ticking = False
+        self._lowest_median = math.inf
+        self._cap_hit = -math.inf
+        self._probed = -math.inf
+
+    def __repr__(self) -> str:
+        return f"AutoConcurrency(limit={self.limit}, cap={self.cap}, reason={self.reason!r})"
+
+    def waiting(self) -> None:
+        """A caller found no free place: demand exceeds the target."""
+        self._demand = True
+        if not self._ticking:
+            # Answers may be seconds away: keep the target moving while callers wait.
+            self._ticking = True
+            asyncio.get_running_loop().call_later(UPDATE_EVERY, self._tick)
+
+    def _tick(self) -> None:
+        self.update(time.monotonic())
+        if self.slots.waiting:
+            self._demand = True
+            asyncio.get_running_loop().call_later(UPDATE_EVERY, self._tick)
+        else:
+            self._ticking = False
+
+    def started(self, now: float) -> None:
+        """An attempt was let through the limiter at *now*."""
+        if self._first_start is None:
+            self._first_start = now
+
+    def accepted(self, now: float, latency: float, in_flight: int) -> None:
+        """An attempt sent with *in_flight* under way (itself included) was answered."""
+        self._latencies.append(latency)
+        self._evidence.add(False)
+        if now >= self._high_until:
+            # A rolling maximum over the last one or two periods.
+            self._high, self._high_next = self._high_next, 0
+            self._high_until = now + _HIGH_PERIOD
+        self._high = max(self._high, in_flight)
+        self._high_next = max(self._high_next, in_flight)
+        if now >= self._next_update:
+            self.update(now)
+
+    def rate_limited(self, now: float, in_flight: int) -> Blame:
+        """Put a 429 down to the rate or to the number in flight (or to both).
+
+        Args:
+            now: When the 429 arrived.
+            in_flight: Attempts in flight when it arrived, itself excluded: those the
+                server was working on, give or take the refusals on their way back.
+        """
+        self._evidence.add(True)
+        if not self._fixed_rate:
+            # An adaptive limiter learns the rate that fits, whatever the server counts.
+            return Blame.RATE
+        # As many in flight as ever accepted lately (or as the cap being probed) is
+        # a high number in flight; a refusal below it needs others around it.
+        high = self._high if self.cap is None else min(self._high, self.cap)
+        at_high = 0 < high <= in_flight + 1 and self._evidence.refused >= 2
+        if not (at_high or self._evidence.shows_limit()):
+            return Blame.RATE  # the odd refusal: the limiter has its own say
+        # A fixed limiter paces below the server's rate limit by construction: the
+        # server refused the number in flight.
+        cap = max(1, in_flight)
+        if self.cap is None or cap < self.cap:
+            self.cap = cap
+        self._cap_hit = now
+        self._set(min(self.limit, self.cap), f"429 with {in_flight} in flight: cap {self.cap}")
+        return Blame.CONCURRENCY
+
+    def update(self, now: float) -> None:
+        """Recompute the target from the rate, the latencies and the demand seen."""
+        self._next_update = now + UPDATE_EVERY
+        demand, self._demand = self._demand, False
+        ordered = sorted(self._latencies)
+        median = high = None
+        if len(ordered) >= _MIN_SAMPLES:
+            median = ordered[len(ordered) // 2]
+            high = ordered[int(0.9 * (len(ordered) - 1))]
+        rate = self._rate()
+        target, reason = self.limit, self.reason
+        if rate is not None and high is not None:
+            target = math.ceil(rate * high * HEADROOM) + _SPARE
+            reason = f"rate {rate:.3g}/s x latency {high:.3g} s"
+        elif rate is not None and self._first_start is not None:
+            # Nothing answered yet: the oldest attempt's age is a lower bound of latency.
+            age = now - self._first_start
+            target = max(self.limit, math.ceil(rate * age * HEADROOM) + _SPARE)
+            reason = f"rate {rate:.3g}/s x latency over {age:.3g} s"
+        elif rate is None and demand and median is not None:
+            self._lowest_median = min(self._lowest_median, median)
+            if median <= _QUEUEING * self._lowest_median + 0.002:
+                # Slow start: doubling per round trip while callers wait.
+                grown = self.limit * 2 ** (UPDATE_EVERY / max(median, UPDATE_EVERY))
+                target = max(self.limit + 1, math.ceil(grown))
+                reason = "callers waiting, no rate known: slow start"
+        cap = self.cap
+        if cap is not None:
+            interval = max(1.0, median or 0.0)
+            if (
+                demand
+                and self.limit >= cap
+                and now - self._cap_hit >= interval
+                and now - self._probed >= interval
+            ):
+                self.cap = cap = min(self.max_limit, cap + max(1, cap // 20))
+                self._probed = now
+                reason = f"probing the server's cap: {cap}"
+            target = min(target, cap)
+        self._set(target, reason)
+
+    def _set(self, target: int, reason: str) -> None:
+        target = max(1, min(self.max_limit, target))
+        if target != self.limit:
+            self.slots.resize(target - self.limit)
+            self.limit = target
+            self.reason = reason
+
+
+def limiter_rate(limiter: object) -> Callable[[], float | None]:
+    """How to read a limiter's rate in requests per second (``None``: unknown)."""
+    if hasattr(limiter, "rate"):
+
+        def current() -> float | None:
+            rate = getattr(limiter, "rate", None)
+            return float(rate) if isinstance(rate, int | float) and rate > 0 else None
+
+        return current
+    requests, per = getattr(limiter, "requests", None), getattr(limiter, "per", None)
+    if isinstance(requests, int) and isinstance(per, int | float) and per > 0:
+        fixed = requests / per
+        return lambda: fixed
+    return lambda: None

@@ -1,0 +1,282 @@
+"""Automatic concurrency: the target follows rate x latency, finds a server's cap, and stays
+within an explicit ``max_concurrency``.
+
+Unit tests drive the controller with chosen numbers; the loopback tests run batches
+against the fake server at a few hundred milliseconds of latency and tens of
+requests per second, with generous bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from monica_async import MonicaClient, RateLimit
+from monica_async._concurrency import AutoConcurrency, Blame, limiter_rate
+from monica_async._flow import Slots
+from monica_async.testing import FakeMonicaServer, Fault
+
+KEY = "test-key"
+
+
+def urls(server: FakeMonicaServer, count: int) -> list[str]:
+    return [f"{server.base_url}/images/{i}.png" for i in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def peak_in_flight(server: FakeMonicaServer) -> AsyncIterator[list[int]]:
+    """Sample the server's requests in flight while the block runs; yields [peak]."""
+    peak = [0]
+
+    async def sample() -> None:
+        while True:
+            peak[0] = max(peak[0], server.stats.in_flight)
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(sample())
+    try:
+        yield peak
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class TestSlotsResize:
+    """A semaphore whose size changes while places are held."""
+
+    async def test_growing_wakes_waiters(self) -> None:
+        """Places added go to the callers already waiting, in order."""
+        slots = Slots(1)
+        await slots.acquire()
+        waiters = [asyncio.create_task(slots.acquire()) for _ in range(3)]
+        await asyncio.sleep(0)
+        slots.resize(2)
+        await asyncio.sleep(0)
+        assert [True, True, False] == [w.done() for w in waiters]
+        waiters[2].cancel()
+
+    async def test_shrinking_takes_effect_as_holders_release(self) -> None:
+        """Holders keep their places; the ones they give back disappear until in range."""
+        slots = Slots(3)
+        for _ in range(3):
+            await slots.acquire()
+        slots.resize(-2)
+        slots.release()
+        slots.release()
+        assert (-0, False) == (slots.free, slots.try_acquire())
+        slots.release()
+        assert (1, True) == (slots.free, slots.try_acquire())
+
+
+class TestController:
+    """The target, from the rate, the latencies and the 429s it is told about."""
+
+    def test_a_known_rate_times_the_latency_sets_the_target(self) -> None:
+        """20 requests/s at 2 s each needs about 40 in flight, with headroom."""
+        auto = AutoConcurrency(16, 256, lambda: 20.0)
+        now = time.monotonic()
+        auto.started(now)
+        for _ in range(10):
+            auto.accepted(now, 2.0, 10)
+        auto.update(now + 1)
+        assert 40 < auto.limit <= 60
+        assert "rate 20/s" in auto.reason
+
+    def test_before_any_answer_the_oldest_attempt_bounds_the_latency(self) -> None:
+        """Nothing answered after 3 s means at least 3 s: the target grows already."""
+        auto = AutoConcurrency(16, 256, lambda: 20.0)
+        auto.started(100.0)
+        auto.update(103.0)
+        assert auto.limit >= 60
+
+    def test_the_target_never_passes_its_upper_bound(self) -> None:
+        """A huge rate asks for no more than max_limit."""
+        auto = AutoConcurrency(16, 64, lambda: 1e6)
+        now = time.monotonic()
+        auto.started(now)
+        for _ in range(10):
+            auto.accepted(now, 1.0, 10)
+        auto.update(now + 1)
+        assert 64 == auto.limit
+
+    def test_without_a_rate_waiting_callers_start_a_slow_start(self) -> None:
+        """No rate known and callers waiting: the target grows."""
+        auto = AutoConcurrency(16, 256, lambda: None)
+        now = time.monotonic()
+        for _ in range(10):
+            auto.accepted(now, 0.2, 16)
+        for step in range(1, 11):
+            auto._demand = True
+            auto.update(now + step * 0.1)
+        assert auto.limit > 30
+
+    def test_without_waiting_callers_the_target_holds(self) -> None:
+        """No demand, no growth."""
+        auto = AutoConcurrency(16, 256, lambda: None)
+        now = time.monotonic()
+        for _ in range(10):
+            auto.accepted(now, 0.2, 16)
+        auto.update(now + 1)
+        assert 16 == auto.limit
+
+    def test_growing_latency_stops_the_slow_start(self) -> None:
+        """Latency that doubled means the server queues: no more in flight (Vegas)."""
+        auto = AutoConcurrency(16, 256, lambda: None)
+        now = time.monotonic()
+        for _ in range(10):
+            auto.accepted(now, 0.1, 16)
+        auto._demand = True
+        auto.update(now + 0.1)
+        grown = auto.limit
+        for _ in range(128):
+            auto.accepted(now, 0.5, 16)
+        auto._demand = True
+        auto.update(now + 0.2)
+        assert grown == auto.limit
+
+    def test_429s_with_a_fixed_rate_set_a_cap(self) -> None:
+        """With a fixed limiter, refusals at the top of what was accepted cap the target."""
+        auto = AutoConcurrency(16, 256, lambda: 20.0, fixed_rate=True)
+        now = time.monotonic()
+        auto.started(now)
+        for _ in range(10):
+            auto.accepted(now, 2.0, 12)
+        auto.update(now + 0.1)
+        blames = [auto.rate_limited(now, 12) for _ in range(2)]
+        assert Blame.CONCURRENCY == blames[-1]
+        assert (12, 12) == (auto.cap, auto.limit)
+        assert "cap 12" in auto.reason
+
+    def test_an_odd_429_below_the_top_is_left_to_the_limiter(self) -> None:
+        """One refusal with fewer in flight than accepted before shows no cap."""
+        auto = AutoConcurrency(16, 256, lambda: 20.0, fixed_rate=True)
+        now = time.monotonic()
+        for _ in range(40):
+            auto.accepted(now, 1.0, 20)
+        assert Blame.RATE == auto.rate_limited(now, 5)
+        assert auto.cap is None
+
+    def test_an_adaptive_limiter_learns_instead(self) -> None:
+        """Without a fixed rate, 429s are the limiter's to learn from."""
+        auto = AutoConcurrency(16, 256, lambda: 10.0)
+        assert [Blame.RATE] * 5 == [auto.rate_limited(time.monotonic(), 16) for _ in range(5)]
+        assert auto.cap is None
+
+    def test_the_cap_is_probed_upward_while_callers_wait(self) -> None:
+        """Some time after the last refusal at the cap, waiting callers raise it by one."""
+        auto = AutoConcurrency(16, 256, lambda: 100.0, fixed_rate=True)
+        now = time.monotonic()
+        auto.started(now)
+        for _ in range(10):
+            auto.accepted(now, 0.5, 8)
+        for _ in range(2):
+            auto.rate_limited(now, 8)
+        auto._demand = True
+        auto.update(now + 2.0)
+        assert (9, 9) == (auto.cap, auto.limit)
+
+    @pytest.mark.parametrize(
+        ("limiter", "expected"),
+        [
+            (RateLimit(30, per=2.0), 15.0),
+            (RateLimit.adaptive(start=7.0), 7.0),
+            (RateLimit.adaptive(), None),
+            (object(), None),
+        ],
+    )
+    def test_limiter_rate_reads_each_kind(self, limiter: object, expected: float | None) -> None:
+        """The rate of a fixed limiter, an adaptive one, and an unknown one."""
+        assert expected == limiter_rate(limiter)()
+
+
+@pytest.mark.slow
+async def test_the_automatic_concurrency_passes_16_when_the_rate_needs_it(
+    fake_monica_factory: object,
+) -> None:
+    """40/s at 0.6 s needs about 24 in flight: the client goes there by itself."""
+    server = FakeMonicaServer(
+        api_key=KEY, latency=0.6, rate_limit=(40, 1.0), process_images=False
+    )
+    async with server, MonicaClient(KEY, base_url=server.base_url, rate_limit=RateLimit(40)) as c:
+        async with peak_in_flight(server) as peak:
+            outcomes = await c.upscale_all(urls(server, 120))
+        assert all(o.ok for o in outcomes)
+        assert peak[0] > 16
+        assert c.stats.concurrency > 16
+        assert "rate 40/s" in c.stats.concurrency_reason
+
+
+async def test_an_explicit_max_concurrency_is_never_exceeded() -> None:
+    """max_concurrency=5 holds for a batch and single calls together."""
+    server = FakeMonicaServer(api_key=KEY, latency=0.05, process_images=False)
+    async with server, MonicaClient(KEY, base_url=server.base_url, max_concurrency=5) as client:
+        async with peak_in_flight(server) as peak:
+            batch = client.upscale_all(urls(server, 60))
+            singles = [client.upscale(u) for u in urls(server, 10)]
+            await asyncio.gather(batch, *singles)
+        assert 5 >= server.stats.peak_concurrency
+        assert 5 >= peak[0]
+        assert (5, "fixed by max_concurrency") == (
+            client.stats.concurrency,
+            client.stats.concurrency_reason,
+        )
+
+
+@pytest.mark.slow
+async def test_a_server_concurrency_cap_is_found_and_respected() -> None:
+    """A server that takes 6 at once: the client settles at 6 and every input succeeds."""
+    server = FakeMonicaServer(
+        api_key=KEY, latency=0.3, max_concurrency=6, rate_limit=(100, 1.0), process_images=False
+    )
+    async with server, MonicaClient(KEY, base_url=server.base_url, rate_limit=RateLimit(100)) as c:
+        outcomes = await c.upscale_all(urls(server, 150))
+        stats = server.stats
+    assert all(o.ok for o in outcomes)
+    assert 6 <= c.stats.concurrency <= 8
+    # Refusals while the cap is found and probed, not one per request.
+    assert stats.concurrency_limited < 0.3 * stats.accepted
+
+
+@pytest.mark.slow
+async def test_sporadic_429s_do_not_collapse_the_rate() -> None:
+    """5% of attempts refused at random, no real limit: the default client learns no rate."""
+    server = FakeMonicaServer(
+        api_key=KEY,
+        latency=0.05,
+        fault_rate=0.05,
+        fault_weights={Fault.HTTP_429: 1.0},
+        retry_after=0.0,
+        process_images=False,
+        seed=1,
+    )
+    async with server, MonicaClient(KEY, base_url=server.base_url) as client:
+        outcomes = await client.upscale_all(urls(server, 300))
+    assert all(o.ok for o in outcomes)
+    assert server.stats.faults_injected.get(Fault.HTTP_429, 0) > 5
+    assert client.stats.rate is None
+
+
+@pytest.mark.slow
+async def test_a_rate_limited_server_is_learned_without_options() -> None:
+    """A server allowing 20/s at 0.3 s: the default client learns a rate near it."""
+    server = FakeMonicaServer(
+        api_key=KEY, latency=0.3, rate_limit=(20, 1.0), retry_after=0.0, process_images=False
+    )
+    async with server, MonicaClient(KEY, base_url=server.base_url) as client:
+        outcomes = await client.upscale_all(urls(server, 120))
+    assert all(o.ok for o in outcomes)
+    assert client.stats.rate is not None
+    assert 8 <= client.stats.rate <= 30
+
+
+def test_the_default_is_automatic() -> None:
+    """No max_concurrency: automatic, 16 to start with, shown in repr and stats."""
+    client = MonicaClient(KEY, base_url="http://127.0.0.1:9")
+    assert None is client.max_concurrency
+    assert "max_concurrency=auto" in repr(client)
+    assert (16, "initial") == (client.stats.concurrency, client.stats.concurrency_reason)
