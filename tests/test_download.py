@@ -24,7 +24,8 @@ from monica_async import (
     UpscaleResult,
 )
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+#: Enough of a PNG for the checks: its signature, then (after filler) its end chunk.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8 + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 Start = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
 
 
