@@ -34,6 +34,7 @@ from ._exceptions import (
     excerpt,
     status_error_class,
 )
+from ._validation import is_loopback_host
 from ._version import __version__
 
 __all__ = [
@@ -282,8 +283,9 @@ class EnvProxies:
     ``HTTPS_PROXY`` for https URLs, ``HTTP_PROXY`` for http URLs (lower-case names
     first), ``NO_PROXY`` for the hosts reached directly, as aiohttp's ``trust_env``,
     requests and curl read them. Unlike ``trust_env``, the environment is read once
-    rather than on every request, and ``~/.netrc`` is never consulted: its passwords
-    would be sent to image hosts, and an entry for the API host would clash with the
+    rather than on every request (aiohttp reads it in a thread for each one), loopback
+    hosts are never proxied, and ``~/.netrc`` is never consulted: its passwords would
+    be sent to image hosts, and an entry for the API host would clash with the
     ``Authorization`` header.
     """
 
@@ -305,7 +307,9 @@ class EnvProxies:
             return None
         parts = urlsplit(url)
         proxy = self.proxies.get(parts.scheme.lower())
-        if proxy is None or not parts.hostname:
+        # A proxy elsewhere cannot reach this machine's loopback on our behalf (the local
+        # stand-in server, the demo): loopback is always reached directly.
+        if proxy is None or not parts.hostname or is_loopback_host(parts.hostname):
             return None
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         if _bypassed(parts.hostname, port, self.proxies.get("no", "")):

@@ -227,9 +227,7 @@ async def test_wait_follows_retry_after_http_date(
     assert low <= wait <= high
 
 
-@pytest.mark.parametrize(
-    ("retry_after", "most"), [(0, 0.05), (2, 0.25), (10, 1.0), (40, 1.0)]
-)
+@pytest.mark.parametrize(("retry_after", "most"), [(0, 0.05), (2, 0.25), (10, 1.0), (40, 1.0)])
 @pytest.mark.parametrize("pick", ["low", "high"])
 async def test_retry_after_jitter_is_small_and_positive(
     mock_http: aioresponses,
