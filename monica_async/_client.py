@@ -447,6 +447,7 @@ class MonicaClient:
                         status is not None
                         or isinstance(exc, aiohttp.ClientConnectorError)
                         or resends >= _STALE_CONNECTION_RESENDS
+                        or not isinstance(session.connector, ReuseAwareConnector)
                         or not connection_was_reused()
                     ):
                         raise

@@ -188,8 +188,8 @@ def readable_text(raw: str, content_type: str = "", limit: int = _MESSAGE_LIMIT)
         try:
             page.feed(raw[:_HTML_PARSE_LIMIT])
             page.close()
-        except Exception:  # html.parser is lenient; a body must never break an error
-            pass
+        except Exception:  # pragma: no cover - html.parser is lenient; this is a guard
+            pass  # reading an error's body must never raise
         title = " ".join(" ".join(page.title).split())
         raw = title or " ".join(page.text)
     return excerpt(" ".join(raw.split()), limit)
@@ -357,8 +357,8 @@ _reused: contextvars.ContextVar[bool] = contextvars.ContextVar("monica_reused", 
 def connection_was_reused() -> bool:
     """Tell whether the latest request of this task went out on a reused connection.
 
-    Set by :class:`ReuseAwareConnector` when it hands out a connection; always
-    ``False`` for a session with another connector.
+    Set by :class:`ReuseAwareConnector` each time it hands out a connection: only
+    meaningful for a request made through a session with that connector.
     """
     return _reused.get()
 

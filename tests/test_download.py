@@ -579,6 +579,16 @@ async def test_other_format_is_kept_when_pillow_is_missing(
     assert body == path.read_bytes()
 
 
+async def test_format_pillow_does_not_know_is_kept(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """An image/* body nobody can check (Pillow does not recognise it) is saved as before."""
+    body = b"\x00\x00\x00\x1cftypavif" + bytes(200)
+    url = await loopback(unsized_handler(body, content_type="image/avif")) + "/x.avif"
+    path = await client.download(url, tmp_path / "x.avif")
+    assert body == path.read_bytes()
+
+
 @pytest.mark.parametrize(
     ("first", "tail", "size", "expected"),
     [
@@ -624,6 +634,37 @@ def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path: Path) -> N
     removed = remove_stale_temporaries(tmp_path)
     expected = sorted([*kept, ".dir.0123456789abcdef.part", ".link.png.0123456789abcdef.part"])
     assert (2, expected, b"keep me") == (removed, files_in(tmp_path), outside.read_bytes())
+
+
+def test_cleanup_of_a_missing_folder_removes_nothing(tmp_path: Path) -> None:
+    """A folder that cannot be listed is no error: there is nothing to clean."""
+    assert 0 == remove_stale_temporaries(tmp_path / "absent")
+
+
+async def test_temporary_name_taken_by_a_cleanup_is_replaced(
+    loopback: Start, client: MonicaClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cleanup that locks a new temporary file before its download does makes the
+    download start over with another name; the image still arrives."""
+    fcntl = pytest.importorskip("fcntl")
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def busy_once(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise BlockingIOError("held by a cleanup")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", busy_once)
+    url = await loopback(image_handler()) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    # The first name is left to the cleanup that took it.
+    assert (PNG, 2, 1) == (
+        path.read_bytes(),
+        len(calls),
+        len([p for p in tmp_path.iterdir() if p.name.endswith(".part")]),
+    )
 
 
 async def test_live_download_keeps_its_temporary_file(

@@ -4,6 +4,8 @@ connections, answers that break the contract, Retry-After syntax, HTML error pag
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -121,6 +123,8 @@ class OneShotServer:
     next request arrives on it (or, with *broken_answer*, starts an answer and drops it)."""
 
     broken_answer: bool = False
+    #: Drop with a TCP reset instead of a clean close.
+    reset: bool = False
     connections: int = 0
     answered: int = 0
     dropped: int = 0
@@ -178,6 +182,9 @@ class OneShotServer:
             if self.broken_answer:
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
                 await writer.drain()
+            if self.reset:
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         finally:
             writer.close()
 
@@ -191,11 +198,13 @@ async def one_shot() -> AsyncIterator[OneShotServer]:
     await server.stop()
 
 
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
 async def test_closed_keep_alive_connection_is_resent_at_once_not_as_an_attempt(
-    one_shot: OneShotServer, retry_waits: list[float]
+    one_shot: OneShotServer, retry_waits: list[float], reset: bool
 ) -> None:
     """Back-to-back calls on connections the server closes after one answer all succeed at
     their first attempt, with no retry wait, even when one attempt is all they may have."""
+    one_shot.reset = reset
     policy = RetryPolicy(max_attempts=1)
     async with MonicaClient(base_url=one_shot.base_url, retry=policy) as client:
         results = [await client.upscale(IMAGE) for _ in range(10)]
