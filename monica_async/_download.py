@@ -202,12 +202,16 @@ def _create_temporary(target: Path) -> tuple[Path, int]:
             return tmp, fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # a cleanup holds it, about to remove it: take another name
+        except OSError:
+            return tmp, fd  # a file system without locks: the file goes unprotected
+        else:
             # A cleanup may have locked and removed the file between its creation and
             # the lock: then the name is free again and this descriptor is an orphan.
-            if os.path.samestat(os.fstat(fd), os.stat(tmp)):
-                return tmp, fd
-        except OSError:
-            pass
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                    return tmp, fd
         os.close(fd)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import os
 import stat
@@ -665,6 +666,21 @@ async def test_temporary_name_taken_by_a_cleanup_is_replaced(
         len(calls),
         len([p for p in tmp_path.iterdir() if p.name.endswith(".part")]),
     )
+
+
+async def test_file_system_without_locks_still_downloads(
+    loopback: Start, client: MonicaClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where flock is not supported, the download goes ahead unlocked (and ends in place)."""
+    fcntl = pytest.importorskip("fcntl")
+
+    def unsupported(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    url = await loopback(image_handler()) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    assert (PNG, ["x.png"]) == (path.read_bytes(), files_in(tmp_path))
 
 
 async def test_live_download_keeps_its_temporary_file(
