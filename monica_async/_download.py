@@ -241,7 +241,9 @@ async def _download_once(
                         raise _not_downloadable(url, f"is {expected} bytes, over the {limit} limit")
                     content_type = response.headers.get("content-type", "")
                     # A compressed body is inflated: its length is not the Content-Length.
-                    encoded = response.headers.get("content-encoding", "identity") != "identity"
+                    encoded = (
+                        response.headers.get("content-encoding", "identity").lower() != "identity"
+                    )
                     size = 0
                     first = b""
                     tail = b""
