@@ -190,6 +190,12 @@ def test_csv_without_url_column_is_a_usage_error(tmp_path: Path) -> None:
         open_input(str(path), stdin=io.BytesIO())
 
 
+def test_csv_comment_that_is_no_csv_before_the_header_is_skipped() -> None:
+    """A "#" line before the header is a comment even when it would not parse as CSV."""
+    data = b'# the "export\nurl\nhttp://a/1.png\n'
+    assert [(3, "http://a/1.png", None)] == _outcomes(_records(data, InputFormat.CSV))
+
+
 def test_csv_header_with_an_open_quote_is_a_usage_error(tmp_path: Path) -> None:
     """A .csv file whose header cannot be read is refused, saying why, not with a traceback."""
     path = tmp_path / "in.csv"
