@@ -38,13 +38,32 @@ _ANSWER_HEADERS = {"content-type": "application/json", "content-length": str(len
 Contender = Callable[[int, int], Coroutine[Any, Any, int]]
 
 
+class _Body:
+    """The body as a stream: the client reads it in capped pieces, to its end."""
+
+    def __init__(self) -> None:
+        self._left = _BODY
+
+    async def read(self, n: int = -1) -> bytes:
+        if self._left is _BODY:
+            await asyncio.sleep(0)  # a real answer arrives in a later turn of the loop
+        piece = self._left if n < 0 else self._left[:n]
+        self._left = self._left[len(piece) :]
+        return piece
+
+    def at_eof(self) -> bool:
+        return not self._left
+
+
 class _Answer:
     status = 200
     headers = _ANSWER_HEADERS
 
+    def __init__(self) -> None:
+        self.content = _Body()
+
     async def read(self) -> bytes:
-        await asyncio.sleep(0)  # a real answer arrives in a later turn of the loop
-        return _BODY
+        return await self.content.read()
 
 
 class _Exchange:

@@ -40,13 +40,19 @@ from ._exceptions import (
     InvalidRequestError,
     MonicaError,
     RateLimitError,
-    excerpt,
 )
 from ._flow import Slots
 from ._http import (
+    MAX_ANSWER_BYTES,
     USER_AGENT,
+    EnvProxies,
+    ReuseAwareConnector,
+    connection_was_reused,
     loggable_url,
     map_transport_error,
+    read_capped,
+    read_error_body,
+    readable_text,
     request_id,
     status_error,
 )
@@ -65,6 +71,11 @@ class _State(enum.Enum):
     OPENED = "opened"
     CLOSED = "closed"
 
+
+#: Immediate resends of a request whose reused keep-alive connection the server had
+#: closed. Each one takes another pooled connection, or a fresh one once the pool is
+#: empty, so one is nearly always enough; the bound only stops a pathological server.
+_STALE_CONNECTION_RESENDS = 10
 
 #: What one successful attempt produced: the decoded body, the body's text, the
 #: server's request id and the attempt's number.
@@ -161,6 +172,9 @@ class MonicaClient:
         }
         self._session = session
         self._owns_session = session is None
+        # Read with the session the client creates; an injected one has its own settings.
+        self._env_proxies: EnvProxies | None = None
+        self._proxy: str | None = None
         self._state = _State.UNOPENED
         self._auto: AutoConcurrency | None = None
         if max_concurrency is None:
@@ -224,10 +238,12 @@ class MonicaClient:
         if self._session is None:
             # The pool follows the concurrency: never the bottleneck, never unbounded.
             most = MAX_AUTO_CONCURRENCY if self.max_concurrency is None else self.max_concurrency
-            connector = aiohttp.TCPConnector(limit=max(100, 2 * most), ttl_dns_cache=300)
+            connector = ReuseAwareConnector(limit=max(100, 2 * most), ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": USER_AGENT}
             )
+            self._env_proxies = EnvProxies.from_environment()
+            self._proxy = self._env_proxies.for_url(self._endpoint)
         self._state = _State.OPENED
         return self._session
 
@@ -404,17 +420,44 @@ class MonicaClient:
         headers = self._api_headers
         body = b'{"image": %s, "scale": %d}' % (json.dumps(image).encode(), scale)
         status: int | None = None
+        resends = 0
         try:
-            async with session.post(
-                self._endpoint,
-                data=body,
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                status = response.status
-                raw = (await response.read()).decode("utf-8", errors="replace")
-                response_headers = response.headers
+            while True:
+                try:
+                    async with session.post(
+                        self._endpoint,
+                        data=body,
+                        headers=headers,
+                        timeout=timeout,
+                        allow_redirects=False,
+                        proxy=self._proxy,
+                    ) as response:
+                        status = response.status
+                        response_headers = response.headers
+                        if status == 200:
+                            data, whole = await read_capped(response, MAX_ANSWER_BYTES)
+                        else:
+                            data = await read_error_body(response)
+                            whole = True
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    # Only a failure before the answer began, on a connection the pool
+                    # handed out again: the server had closed it while it sat idle.
+                    if (
+                        status is not None
+                        or isinstance(exc, aiohttp.ClientConnectorError)
+                        or resends >= _STALE_CONNECTION_RESENDS
+                        or not isinstance(session.connector, ReuseAwareConnector)
+                        or not connection_was_reused()
+                    ):
+                        raise
+                    resends += 1
+                    logger.debug(
+                        "POST %s: resent at once, the server had closed the kept-alive "
+                        "connection (%s)",
+                        self._endpoint_path,
+                        type(exc).__name__,
+                    )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise map_transport_error(exc, "POST", self._endpoint) from exc
         finally:
@@ -426,14 +469,24 @@ class MonicaClient:
                     time.monotonic() - started,
                     number,
                 )
+        raw = data.decode("utf-8", errors="replace")
         rid = request_id(response_headers)
         if status != 200:
             raise status_error(status, raw, response_headers, url=self._endpoint)
+        if not whole:
+            raise APIResponseValidationError(
+                f"the server answered 200 with a body over {MAX_ANSWER_BYTES // 1024} KiB, "
+                "where the API sends a short JSON object",
+                body=raw,
+                url=self._endpoint,
+                request_id=rid,
+            )
         try:
             payload = json.loads(raw)
         except ValueError:
             raise APIResponseValidationError(
-                f"the server answered 200 with a body that is not JSON: {excerpt(raw, 100)!r}",
+                "the server answered 200 with a body that is not JSON: "
+                f"{readable_text(raw, response_headers.get('content-type', ''), 100)!r}",
                 body=raw,
                 url=self._endpoint,
                 request_id=rid,
@@ -541,14 +594,17 @@ class MonicaClient:
     ) -> Path:
         """Stream the upscaled image to *path*, atomically; return the path.
 
-        The bytes go to a temporary file beside *path*, renamed only once complete
-        and checked to be an image, so *path* never holds a partial file. No
-        ``Authorization`` header is sent. Transient failures are retried.
+        The bytes go to a temporary file beside *path*, renamed only once checked to
+        be a whole image (as long as its ``Content-Length``, or without one, ending
+        where its format says), so *path* never holds a partial file. No
+        ``Authorization`` header is sent. Transient failures, a body cut short
+        included, are retried.
 
         Raises:
             APIResponseValidationError: The body is not an image or is too large.
             APIStatusError: The image server refused.
-            APIConnectionError: The image server could not be reached.
+            APIConnectionError: The image server could not be reached, or every
+                attempt's body was cut short.
         """
         url = result.url if isinstance(result, UpscaleResult) else result
         limit = self.max_download_bytes if max_bytes is None else byte_limit("max_bytes", max_bytes)
@@ -560,4 +616,5 @@ class MonicaClient:
             timeout=self._timeout_for(timeout),
             policy=self.retry,
             allow_insecure_http=self.allow_insecure_http,
+            proxies=self._env_proxies,
         )

@@ -2,13 +2,22 @@
 
 The client's :meth:`~monica_async.MonicaClient.download` checks its arguments and
 delegates here; the command line's downloads go through the same client method.
+
+A file is renamed into place only when it is a whole image: as long as the server's
+``Content-Length`` says, or, without one, ending where its format says it ends (or,
+for other formats, decoding with Pillow when it is installed). While it is written,
+the temporary file is locked, so that :func:`remove_stale_temporaries` can tell the
+leftovers of a killed process from the files of a live one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import re
 import secrets
+import warnings
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -17,11 +26,30 @@ import aiohttp
 
 from . import _retry
 from ._config import RetryPolicy
-from ._exceptions import APIResponseValidationError, InvalidRequestError
-from ._http import USER_AGENT, loggable_url, map_transport_error, status_error
+from ._exceptions import APIConnectionError, APIResponseValidationError, InvalidRequestError
+from ._http import (
+    USER_AGENT,
+    EnvProxies,
+    loggable_url,
+    map_transport_error,
+    read_error_body,
+    status_error,
+)
 from ._validation import is_loopback_host, validate_image_url
 
-__all__ = ["byte_limit", "download", "looks_like_image"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows, where an open file cannot be deleted anyway
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "byte_limit",
+    "download",
+    "image_is_complete",
+    "is_temporary_name",
+    "looks_like_image",
+    "remove_stale_temporaries",
+]
 
 _IMAGE_MAGIC: Final = (
     b"\x89PNG\r\n\x1a\n",
@@ -33,8 +61,14 @@ _IMAGE_MAGIC: Final = (
     b"MM\x00*",
 )
 _CHUNK: Final = 64 * 1024
-#: What is read of an error page's body: enough for any message, never a whole file.
-_ERROR_BODY_LIMIT: Final = 64 * 1024
+#: The end of a body kept to check the image's own end marker.
+_TAIL: Final = 32
+#: ``.<target name>.<16 hex digits>.part``: the only names the cleanup ever removes.
+_TEMPORARY_NAME: Final = re.compile(r"\..+\.[0-9a-f]{16}\.part", re.S)
+_PNG_END: Final = b"IEND\xaeB`\x82"
+_JPEG_END: Final = b"\xff\xd9"
+#: The last data block's terminator, then the trailer: a lone ";" is too easy to hit.
+_GIF_END: Final = b"\x00;"
 
 
 def looks_like_image(first: bytes) -> bool:
@@ -42,6 +76,81 @@ def looks_like_image(first: bytes) -> bool:
     if first.startswith(b"RIFF") and first[8:12] == b"WEBP":
         return True
     return first.startswith(_IMAGE_MAGIC)
+
+
+def image_is_complete(first: bytes, tail: bytes, size: int) -> bool | None:
+    """Whether an image of *size* bytes ends where its format says it ends.
+
+    Args:
+        first: The body's first 16 bytes.
+        tail: Its last 32 bytes.
+        size: Its length.
+
+    Returns:
+        ``None`` for a format without an end marker checked here (TIFF, BMP, ...).
+    """
+    if first.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _PNG_END in tail  # IEND is the last chunk: present, nothing is missing
+    if first.startswith(b"\xff\xd8\xff"):
+        return _JPEG_END in tail
+    if first.startswith((b"GIF87a", b"GIF89a")):
+        return tail.endswith(_GIF_END)
+    if first.startswith(b"RIFF") and first[8:12] == b"WEBP":
+        return size >= 8 + int.from_bytes(first[4:8], "little")
+    return None
+
+
+def _decodes(path: Path) -> bool | None:
+    """Whether Pillow decodes the image at *path* whole; ``None`` when it cannot tell."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a large image's DecompressionBombWarning
+            with Image.open(path) as image:
+                image.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return False
+    return True
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether *name* is that of a download's temporary file."""
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Remove the temporary files that killed downloads left in *directory*; count them.
+
+    Only files named like a download's temporary file are considered, and of those only
+    the ones no live download holds (its lock is free), so a run sharing the folder
+    with another keeps its files. Never raises for a file it cannot remove.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if not is_temporary_name(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            if fcntl is None:  # pragma: no cover - Windows refuses to delete an open file
+                os.unlink(entry.path)
+                removed += 1
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(entry.path)
+                removed += 1
+            finally:
+                os.close(fd)
+    return removed
 
 
 def byte_limit(name: str, value: object) -> int:
@@ -60,8 +169,13 @@ async def download(
     timeout: aiohttp.ClientTimeout,
     policy: RetryPolicy,
     allow_insecure_http: bool,
+    proxies: EnvProxies | None = None,
 ) -> Path:
-    """Stream the image at *url* to *target* atomically, retrying transient failures."""
+    """Stream the image at *url* to *target* atomically, retrying transient failures.
+
+    *proxies*: where the proxy of each request comes from (``None``: the session's own
+    settings).
+    """
     url = validate_image_url(url)
     host = urlsplit(url).hostname
     if url.lower().startswith("http:") and not (allow_insecure_http or is_loopback_host(host)):
@@ -69,11 +183,36 @@ async def download(
             f"refusing to download over plain http from {host!r}; "
             "pass allow_insecure_http=True to the client to allow it"
         )
+    proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
-        return await _download_once(session, url, target, limit, timeout)
+        return await _download_once(session, url, target, limit, timeout, proxy)
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
+
+
+def _create_temporary(target: Path) -> tuple[Path, int]:
+    """Create and lock a new temporary file beside *target*; return its path and descriptor."""
+    # Not mkstemp: the image would keep its 0600. O_EXCL is as safe and honours the umask.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+        fd = os.open(tmp, flags, 0o666)
+        if fcntl is None:  # pragma: no cover - Windows
+            return tmp, fd
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # a cleanup holds it, about to remove it: take another name
+        except OSError:
+            return tmp, fd  # a file system without locks: the file goes unprotected
+        else:
+            # A cleanup may have locked and removed the file between its creation and
+            # the lock: then the name is free again and this descriptor is an orphan.
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(tmp)):
+                    return tmp, fd
+        os.close(fd)
 
 
 async def _download_once(
@@ -82,47 +221,66 @@ async def _download_once(
     target: Path,
     limit: int,
     timeout: aiohttp.ClientTimeout,
+    proxy: str | None,
 ) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: the image would keep its 0600. O_EXCL is as safe and honours the umask.
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
+    tmp, fd = _create_temporary(target)
     try:
         with os.fdopen(fd, "wb") as out:
             try:
                 async with session.get(
-                    url, headers={"User-Agent": USER_AGENT}, timeout=timeout
+                    url, headers={"User-Agent": USER_AGENT}, timeout=timeout, proxy=proxy
                 ) as response:
                     if response.status != 200:
-                        raw = await _read_error_text(response)
+                        raw = (await read_error_body(response)).decode("utf-8", errors="replace")
                         raise status_error(
                             response.status, raw, response.headers, url=url, method="GET"
                         )
-                    if response.content_length is not None and response.content_length > limit:
-                        raise _not_downloadable(
-                            url, f"is {response.content_length} bytes, over the {limit} limit"
-                        )
+                    expected = response.content_length
+                    if expected is not None and expected > limit:
+                        raise _not_downloadable(url, f"is {expected} bytes, over the {limit} limit")
                     content_type = response.headers.get("content-type", "")
+                    # A compressed body is inflated: its length is not the Content-Length.
+                    encoded = (
+                        response.headers.get("content-encoding", "identity").lower() != "identity"
+                    )
                     size = 0
                     first = b""
+                    tail = b""
                     async for chunk in response.content.iter_chunked(_CHUNK):
                         if len(first) < 16:
                             # The first chunk can be shorter than a signature (WebP's is 12).
                             first += chunk[: 16 - len(first)]
+                        tail = (tail + chunk[-_TAIL:])[-_TAIL:]
                         size += len(chunk)
                         if size > limit:
                             raise _not_downloadable(url, f"is over the {limit}-byte limit")
                         out.write(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise map_transport_error(exc, "GET", url) from exc
-        if size == 0:
-            raise _not_downloadable(url, "is empty")
-        if not (content_type.startswith("image/") or looks_like_image(first)):
-            raise _not_downloadable(
-                url, f"is not an image (content-type {content_type or 'missing'!r})"
-            )
-        os.replace(tmp, target)
+            if size == 0:
+                raise _not_downloadable(url, "is empty")
+            if not (content_type.startswith("image/") or looks_like_image(first)):
+                raise _not_downloadable(
+                    url, f"is not an image (content-type {content_type or 'missing'!r})"
+                )
+            out.flush()
+            if expected is not None and not encoded:
+                if size != expected:
+                    raise _cut_short(url, f"{size} of the {expected} bytes announced")
+            else:
+                complete = image_is_complete(first, tail, size)
+                if complete is None:
+                    complete = await asyncio.to_thread(_decodes, tmp)
+                if complete is False:
+                    raise _cut_short(
+                        url, f"{size} bytes without Content-Length, and the image is not whole"
+                    )
+            if fcntl is not None:
+                # Renamed while still open, so the lock covers the file until it is in place.
+                os.replace(tmp, target)
+        if fcntl is None:  # pragma: no cover - Windows cannot rename an open file
+            os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -130,13 +288,12 @@ async def _download_once(
     return target
 
 
-async def _read_error_text(response: aiohttp.ClientResponse) -> str:
-    try:
-        raw = await response.content.read(_ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, TimeoutError):
-        return ""
-    return raw.decode("utf-8", errors="replace")
-
-
 def _not_downloadable(url: str, why: str) -> APIResponseValidationError:
     return APIResponseValidationError(f"the download from {url[:200]} {why}", method="GET", url=url)
+
+
+def _cut_short(url: str, what: str) -> APIConnectionError:
+    # Retried like a dropped connection: the next attempt may well get it all.
+    return APIConnectionError(
+        f"GET {url} failed: the image was cut short ({what})", method="GET", url=url
+    )

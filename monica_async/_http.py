@@ -2,18 +2,28 @@
 
 The one boundary where aiohttp's exceptions become the library's (:func:`map_transport_error`)
 and where a non-200 answer becomes an :class:`~monica_async.APIStatusError`
-(:func:`status_error`), for API calls and downloads alike.
+(:func:`status_error`), for API calls and downloads alike; also how much of an answer
+is read (:func:`read_capped`), which proxy a request goes through (:class:`EnvProxies`)
+and whether a request's connection was a reused one (:class:`ReuseAwareConnector`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import ipaddress
 import json
 import platform
+import re
+import urllib.request
+import weakref
 from collections.abc import Mapping
-from typing import Final
+from html.parser import HTMLParser
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+import attrs
 
 from . import _retry
 from ._exceptions import (
@@ -24,13 +34,21 @@ from ._exceptions import (
     excerpt,
     status_error_class,
 )
+from ._validation import is_loopback_host
 from ._version import __version__
 
 __all__ = [
+    "MAX_ANSWER_BYTES",
     "USER_AGENT",
+    "EnvProxies",
+    "ReuseAwareConnector",
+    "connection_was_reused",
     "loggable_url",
     "map_transport_error",
     "parse_error_body",
+    "read_capped",
+    "read_error_body",
+    "readable_text",
     "request_id",
     "status_error",
 ]
@@ -39,6 +57,16 @@ USER_AGENT: Final = (
     f"monica-async/{__version__} aiohttp/{aiohttp.__version__} python/{platform.python_version()}"
 )
 _REQUEST_ID_HEADERS: Final = ("x-request-id", "request-id", "x-amzn-requestid", "x-trace-id")
+#: What is read of an API answer, a 200 or an error: an upscale answer is a short JSON
+#: object and an error page a few KiB, so more than this is a server (or proxy) gone wrong.
+MAX_ANSWER_BYTES: Final = 256 * 1024
+#: Longest message made of an error body that is not the API's JSON.
+_MESSAGE_LIMIT: Final = 200
+#: What of an HTML page is parsed for its text: a title or a first paragraph is near the top.
+_HTML_PARSE_LIMIT: Final = 64 * 1024
+_HTML_START: Final = re.compile(
+    r"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)\b", re.IGNORECASE | re.DOTALL
+)
 
 
 def request_id(headers: Mapping[str, str]) -> str | None:
@@ -81,6 +109,92 @@ def parse_error_body(raw: str) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) and message else None
 
 
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """Read the body of *response* up to *limit* bytes; return it and whether it was whole.
+
+    At most ``limit + 1`` bytes are ever held, whatever the server sends (or inflates
+    to, when the body is compressed); a body over the limit is left unread.
+    """
+    content = response.content
+    data = await content.read(limit + 1)
+    if content.at_eof() or not data:
+        # The common case: a short answer, all there in one read.
+        return (data, True) if len(data) <= limit else (data[:limit], False)
+    chunks = [data]
+    size = len(data)
+    while size <= limit:
+        chunk = await content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:limit], False
+
+
+async def read_error_body(response: aiohttp.ClientResponse) -> bytes:
+    """Up to :data:`MAX_ANSWER_BYTES` of an error answer's body; never raises.
+
+    A body that breaks off (or stalls past the timeout) gives what came before: the
+    status is what matters, and it is already known.
+    """
+    content = response.content
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        while size < MAX_ANSWER_BYTES:
+            chunk = await content.read(MAX_ANSWER_BYTES - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
+class _PageText(HTMLParser):
+    """The title and the visible text of an HTML page (scripts and styles left out)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.title: list[str] = []
+        self.text: list[str] = []
+        self._hidden = 0
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._hidden += 1
+        elif tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._hidden = max(0, self._hidden - 1)
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            (self.title if self._in_title else self.text).append(data)
+
+
+def readable_text(raw: str, content_type: str = "", limit: int = _MESSAGE_LIMIT) -> str:
+    """A short one-line text for people made of a body that is not the API's JSON.
+
+    An HTML page (a proxy's or a load balancer's error page) gives its title, else its
+    visible text; anything else its text. Whitespace runs become one space.
+    """
+    if "html" in content_type.lower() or _HTML_START.match(raw):
+        page = _PageText()
+        try:
+            page.feed(raw[:_HTML_PARSE_LIMIT])
+            page.close()
+        except Exception:  # pragma: no cover - html.parser is lenient; this is a guard
+            pass  # reading an error's body must never raise
+        title = " ".join(" ".join(page.title).split())
+        raw = title or " ".join(page.text)
+    return excerpt(" ".join(raw.split()), limit)
+
+
 def status_error(
     status: int, raw: str, headers: Mapping[str, str], *, url: str, method: str = "POST"
 ) -> APIStatusError:
@@ -88,7 +202,9 @@ def status_error(
     code, message = parse_error_body(raw)
     rid = request_id(headers)
     if message is None:
-        message = excerpt(raw.strip(), 200) or f"HTTP {status} with an empty body"
+        message = readable_text(raw, headers.get("content-type", "")) or (
+            f"HTTP {status} with an empty body"
+        )
     if 300 <= status < 400:
         message = (
             f"unexpected redirect to {headers.get('location', '?')!r}; redirects are not "
@@ -120,12 +236,19 @@ def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
         return APITimeoutError(
             f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
         )
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        detail = (
+            f"cannot connect to the proxy {exc.host}:{exc.port} "
+            f"({exc.os_error.strerror or exc.os_error}); check HTTPS_PROXY / HTTP_PROXY"
+        )
+    elif isinstance(exc, aiohttp.ClientConnectorError):
         detail = (
             f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
         )
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         detail = "the server closed the connection without answering"
+    elif isinstance(exc, aiohttp.ClientHttpProxyError):
+        detail = f"the proxy answered {exc.status} {exc.message}; check HTTPS_PROXY / HTTP_PROXY"
     elif isinstance(exc, aiohttp.ClientPayloadError):
         detail = "the answer's body was cut short"
     elif isinstance(exc, aiohttp.ClientResponseError):
@@ -151,3 +274,115 @@ def _redact_request_info(exc: BaseException) -> None:
     redacted = info._replace(headers=type(info.headers)(headers))
     exc.request_info = redacted
     exc.args = (redacted, exc.history)
+
+
+@attrs.frozen
+class EnvProxies:
+    """The standard proxy variables, read once: which proxy a URL goes through.
+
+    ``HTTPS_PROXY`` for https URLs, ``HTTP_PROXY`` for http URLs (lower-case names
+    first), ``NO_PROXY`` for the hosts reached directly, as aiohttp's ``trust_env``,
+    requests and curl read them. Unlike ``trust_env``, the environment is read once
+    rather than on every request (aiohttp reads it in a thread for each one), loopback
+    hosts are never proxied, and ``~/.netrc`` is never consulted: its passwords would
+    be sent to image hosts, and an entry for the API host would clash with the
+    ``Authorization`` header.
+    """
+
+    proxies: Mapping[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> EnvProxies:
+        """Read ``http_proxy``, ``https_proxy`` and ``no_proxy`` (any case) now."""
+        found = urllib.request.getproxies_environment()
+        return cls({k: v for k, v in found.items() if k in ("http", "https", "no") and v})
+
+    def for_url(self, url: str) -> str | None:
+        """The proxy URL for a request to *url*, or ``None`` to connect directly.
+
+        Credentials in the proxy URL (``http://user:pass@proxy:3128``) become its
+        ``Proxy-Authorization``, as aiohttp does with any proxy URL.
+        """
+        if not self.proxies:
+            return None
+        parts = urlsplit(url)
+        proxy = self.proxies.get(parts.scheme.lower())
+        # A proxy elsewhere cannot reach this machine's loopback on our behalf (the local
+        # stand-in server, the demo): loopback is always reached directly.
+        if proxy is None or not parts.hostname or is_loopback_host(parts.hostname):
+            return None
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        if _bypassed(parts.hostname, port, self.proxies.get("no", "")):
+            return None
+        return proxy if "://" in proxy else "http://" + proxy
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` names *host* (and *port*): ``*``, names with their
+    subdomains (``example.com``, ``.example.com``), ``name:port``, IP addresses and
+    networks (``10.0.0.0/8``)."""
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.lower().split(","):
+        entry = entry.strip()
+        if entry == "*":
+            return True
+        name, wanted_port = entry, None
+        if entry.startswith("["):  # [::1] or [::1]:8080
+            name, _, rest = entry[1:].partition("]")
+            wanted_port = rest[1:] if rest.startswith(":") else None
+        elif entry.count(":") == 1:
+            name, _, wanted_port = entry.partition(":")
+        if wanted_port is not None and wanted_port != str(port):
+            continue
+        name = name.removeprefix("*").lstrip(".").rstrip(".")
+        if not name:
+            continue
+        if "/" in name:
+            with contextlib.suppress(ValueError):
+                if address is not None and address in ipaddress.ip_network(name, strict=False):
+                    return True
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+_reused: contextvars.ContextVar[bool] = contextvars.ContextVar("monica_reused", default=False)
+
+
+def connection_was_reused() -> bool:
+    """Tell whether the latest request of this task went out on a reused connection.
+
+    Set by :class:`ReuseAwareConnector` each time it hands out a connection: only
+    meaningful for a request made through a session with that connector.
+    """
+    return _reused.get()
+
+
+class ReuseAwareConnector(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that tells the request's task whether its connection is reused.
+
+    A keep-alive connection can be closed by the server at the very moment a request
+    is written to it; that failure says nothing about the server and is worth an
+    immediate retry, which only a reused connection deserves. Cheaper than a trace
+    config (one set lookup per request against a dozen trace hooks).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handed_out: weakref.WeakSet[object] = weakref.WeakSet()
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
+        """Get a connection from the pool or open one, noting which it was."""
+        _reused.set(False)
+        connection = await super().connect(req, traces, timeout)
+        protocol = connection.protocol
+        if protocol in self._handed_out:
+            _reused.set(True)
+        elif protocol is not None:
+            self._handed_out.add(protocol)
+        return connection

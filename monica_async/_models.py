@@ -7,7 +7,8 @@ from typing import Any
 
 import attrs
 
-from ._exceptions import APIResponseValidationError, MonicaError, excerpt
+from ._exceptions import APIResponseValidationError, InvalidRequestError, MonicaError, excerpt
+from ._validation import validate_image_url
 
 __all__ = ["Outcome", "UpscaleResult"]
 
@@ -47,7 +48,8 @@ class UpscaleResult:
         """Build a result from a decoded 200 body, checking it against the contract.
 
         Raises:
-            APIResponseValidationError: The body is not ``{"image": "<URL>"}``.
+            APIResponseValidationError: The body is not ``{"image": "<URL>"}`` with an
+                absolute http(s) URL.
         """
         if type(payload) is not dict and not isinstance(payload, Mapping):
             raise APIResponseValidationError(
@@ -65,6 +67,16 @@ class UpscaleResult:
                 attempts=attempts,
                 request_id=request_id,
             )
+        try:
+            validate_image_url(image)
+        except InvalidRequestError:
+            # The server broke the contract, not the caller, whom download() would blame.
+            raise APIResponseValidationError(
+                f"expected 'image' to be an absolute http(s) URL, got {excerpt(image, 100)!r}",
+                body=raw,
+                attempts=attempts,
+                request_id=request_id,
+            ) from None
         return cls(
             url=image,
             source=source,

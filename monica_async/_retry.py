@@ -10,6 +10,7 @@ import email.utils
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -27,6 +28,10 @@ logger = logging.getLogger("monica_async")
 T = TypeVar("T")
 
 _testing = False
+
+#: RFC 9110 delay-seconds; re.ASCII keeps other scripts' digits out.
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
 
 
 def set_testing(testing: bool) -> None:
@@ -53,29 +58,28 @@ async def _sleep(seconds: float) -> None:
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asks to wait: ``retry-after-ms``, then ``Retry-After``.
 
-    ``Retry-After`` may be seconds or an HTTP-date. Unparseable values are ignored.
+    ``Retry-After`` is whole seconds (digits only) or an HTTP-date, as RFC 9110
+    defines it; ``retry-after-ms`` (not a standard, sent by some APIs) is a decimal
+    number. Anything else (``1.5``, ``-0``, ``1e1``, ``1_0``) is ignored.
     """
     ms = headers.get("retry-after-ms")
     if ms is not None:
-        try:
+        ms = ms.strip()
+        if _DECIMAL.fullmatch(ms):
             value = float(ms) / 1000
-        except ValueError:
-            value = math.nan
-        if math.isfinite(value) and value >= 0:
-            return value
+            if math.isfinite(value):
+                return value
     raw = headers.get("retry-after")
     if raw is None:
         return None
     raw = raw.strip()
-    try:
+    if _DIGITS.fullmatch(raw):
+        # float, not int: a thousand digits are a (silly) number, not an int() error.
         value = float(raw)
-    except ValueError:
-        pass
-    else:
-        return value if math.isfinite(value) and value >= 0 else None
+        return value if math.isfinite(value) else None
     try:
         when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)

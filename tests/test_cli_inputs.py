@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from monica_async.cli._inputs import InputRecord, count_inputs, open_input, stream_inputs
+from monica_async.cli._inputs import (
+    MAX_LINE_BYTES,
+    SOURCE_EXCERPT,
+    InputRecord,
+    count_inputs,
+    open_input,
+    stream_inputs,
+)
 from monica_async.cli._options import InputFormat, RateSpec, ShardSpec, UsageError
 from monica_async.cli._output import ResultLog, download_name, input_key, read_done
 from monica_async.cli._progress import format_seconds
@@ -102,11 +109,77 @@ def test_csv_comment_lines_before_the_header_are_skipped() -> None:
     assert [(3, "http://a/1.png")] == _pairs(_records(data))
 
 
-def test_csv_record_spanning_lines_is_numbered_by_its_first_line() -> None:
-    """A quoted field with a newline does not shift the numbers of later records."""
+def _outcomes(records: list[InputRecord]) -> list[tuple[int, str | None, str | None]]:
+    return [(r.line, r.url, r.problem) for r in records]
+
+
+OPEN_QUOTE = "a quoted field is still open at the end of the line (a record is one line)"
+
+
+def test_csv_stray_quote_fails_its_line_and_the_next_lines_are_read_on_their_own() -> None:
+    """A quote left open never glues the following lines into one URL."""
+    data = b'url\n"http://h/a.png\nhttp://h/b.png\nhttp://h/c.png\n'
+    expected = [(2, None, OPEN_QUOTE), (3, "http://h/b.png", None), (4, "http://h/c.png", None)]
+    assert expected == _outcomes(_records(data, InputFormat.CSV))
+
+
+def test_csv_quoted_field_never_spans_lines() -> None:
+    """A quoted line break in another column is an error for its line, numbers unshifted."""
     data = b'url,note\nhttp://a/1.png,"two\nlines"\nhttp://a/2.png,x\n'
-    expected = [(2, "http://a/1.png"), (4, "http://a/2.png")]
-    assert expected == _pairs(_records(data, InputFormat.CSV))
+    records = _records(data, InputFormat.CSV)
+    assert [(2, None, OPEN_QUOTE), (4, "http://a/2.png", None)] == [
+        (r.line, r.url, r.problem) for r in records if r.line != 3
+    ]
+
+
+def test_csv_quoted_commas_and_doubled_quotes_still_work() -> None:
+    """Quoting within one line is read as CSV always was."""
+    data = b'note,url\n"a, b ""c""",http://a/1.png\n'
+    assert [(2, "http://a/1.png", None)] == _outcomes(_records(data, InputFormat.CSV))
+
+
+def test_csv_field_over_the_csv_limit_fails_its_line_only() -> None:
+    """A field longer than the csv module's limit is an error for that line alone."""
+    data = b"url,note\nhttp://a/1.png," + b"x" * 200_000 + b"\nhttp://a/2.png,y\n"
+    records = _records(data, InputFormat.CSV)
+    assert [(2, None, True), (3, "http://a/2.png", False)] == [
+        (r.line, r.url, r.problem is not None and "field limit" in r.problem) for r in records
+    ]
+
+
+def test_csv_carriage_return_inside_a_line_fails_that_line() -> None:
+    """A lone CR inside a line is a CSV error for that line, not for the run."""
+    data = b"url\nhttp://a/1.png\rjunk\nhttp://a/2.png\n"
+    records = _records(data, InputFormat.CSV)
+    assert [(2, None), (3, "http://a/2.png")] == _pairs(records)
+
+
+def test_jsonl_nested_too_deeply_fails_its_line_only() -> None:
+    """2,000 opening brackets are too deep to parse: an error for that line alone."""
+    data = b"[" * 2000 + b'\n{"url": "http://a/2.png"}\n'
+    expected = [(1, None, "the line's JSON is nested too deeply"), (2, "http://a/2.png", None)]
+    assert expected == _outcomes(_records(data, InputFormat.JSONL))
+
+
+@pytest.mark.parametrize("fmt", [InputFormat.TXT, InputFormat.JSONL, InputFormat.CSV])
+def test_line_over_the_length_limit_fails_its_line_only(fmt: InputFormat) -> None:
+    """A line over MAX_LINE_BYTES is reported by its number and skipped, not held whole."""
+    header = b"url\n" if fmt is InputFormat.CSV else b""
+    long_line = b"http://a/" + b"x" * MAX_LINE_BYTES
+    after = b'{"url": "http://a/2.png"}' if fmt is InputFormat.JSONL else b"http://a/2.png"
+    records = _records(header + long_line + b"\n" + after + b"\n", fmt)
+    first = 2 if header else 1
+    assert [
+        (first, None, "the line is longer than 1024 KiB", SOURCE_EXCERPT),
+        (first + 1, "http://a/2.png", None, len("http://a/2.png")),
+    ] == [(r.line, r.url, r.problem, len(r.source)) for r in records]
+
+
+def test_line_exactly_at_the_length_limit_is_read() -> None:
+    """The limit counts the line without its line break."""
+    url = "http://a/" + "x" * (MAX_LINE_BYTES - 9)
+    [record] = _records(url.encode() + b"\n", InputFormat.TXT)
+    assert (1, url) == (record.line, record.url)
 
 
 def test_csv_without_url_column_is_a_usage_error(tmp_path: Path) -> None:
@@ -115,6 +188,26 @@ def test_csv_without_url_column_is_a_usage_error(tmp_path: Path) -> None:
     path.write_text("id,link\n1,http://a/1.png\n")
     with pytest.raises(UsageError, match="no 'url' column"):
         open_input(str(path), stdin=io.BytesIO())
+
+
+def test_csv_comment_that_is_no_csv_before_the_header_is_skipped() -> None:
+    """A "#" line before the header is a comment even when it would not parse as CSV."""
+    data = b'# the "export\nurl\nhttp://a/1.png\n'
+    assert [(3, "http://a/1.png", None)] == _outcomes(_records(data, InputFormat.CSV))
+
+
+def test_csv_header_with_an_open_quote_is_a_usage_error(tmp_path: Path) -> None:
+    """A .csv file whose header cannot be read is refused, saying why, not with a traceback."""
+    path = tmp_path / "in.csv"
+    path.write_text('"url,id\nhttp://a/1.png,1\n')
+    with pytest.raises(UsageError, match="header cannot be read: a quoted field is still open"):
+        open_input(str(path), stdin=io.BytesIO())
+
+
+def test_first_line_that_is_no_csv_is_sniffed_as_text() -> None:
+    """Format detection survives a first line the csv module refuses."""
+    source = open_input("-", stdin=io.BytesIO(b"url," + b"x" * 200_000 + b"\n"))
+    assert InputFormat.TXT == source.format
 
 
 def test_csv_row_without_url_is_an_input_problem() -> None:

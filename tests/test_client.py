@@ -34,6 +34,8 @@ from monica_async._config import DEFAULT_TIMEOUT
 ENDPOINT = "https://api.test/v1/image/tool/upscale"
 IMAGE = "https://images.test/cat.png"
 RESULT = "https://cdn.test/cat@2x.png"
+#: A PNG as far as downloads check one: its signature and its end chunk.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(32) + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 def calls(mock_http: aioresponses, url: str = ENDPOINT) -> list[RequestCall]:
@@ -649,7 +651,7 @@ async def test_logs_drop_credentials_and_query_of_urls(
     mock_http.post(ENDPOINT, status=503)
     mock_http.post(ENDPOINT, payload={"image": image})
     mock_http.get(image, status=503)
-    mock_http.get(image, body=b"\x89PNG\r\n\x1a\n" + bytes(32), content_type="image/png")
+    mock_http.get(image, body=PNG, content_type="image/png")
     async with client() as api:
         result = await api.upscale(image)
         await api.download(result, tmp_path / "cat.png")
@@ -797,7 +799,7 @@ async def test_requests_use_default_tls_settings(
 ) -> None:
     """Neither API calls nor downloads pass an ssl option: aiohttp verifies certificates."""
     mock_http.post(ENDPOINT, payload={"image": RESULT})
-    mock_http.get(RESULT, body=b"\x89PNG\r\n\x1a\n" + bytes(32), content_type="image/png")
+    mock_http.get(RESULT, body=PNG, content_type="image/png")
     async with client() as api:
         result = await api.upscale(IMAGE)
         await api.download(result, tmp_path / "out.png")

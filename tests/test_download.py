@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import io
 import os
 import stat
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,8 +26,10 @@ from monica_async import (
     RetryPolicy,
     UpscaleResult,
 )
+from monica_async._download import image_is_complete, remove_stale_temporaries
 
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+#: Enough of a PNG for the checks: its signature, then (after filler) its end chunk.
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8 + b"\x00\x00\x00\x00IEND\xaeB`\x82"
 Start = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
 
 
@@ -463,3 +468,248 @@ async def test_downloaded_file_has_the_usual_permissions(
     reference = tmp_path / "reference"
     reference.write_bytes(b"")
     assert stat.S_IMODE(reference.stat().st_mode) == stat.S_IMODE(path.stat().st_mode)
+
+
+# -- a file written is a whole image ----------------------------------------------------------
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
+GIF = b"GIF89a" + bytes(range(256)) * 8 + b"\x00;"
+WEBP = b"RIFF" + (4 + 2048).to_bytes(4, "little") + b"WEBP" + bytes(range(256)) * 8
+WHOLE_IMAGES = [
+    pytest.param(PNG, "image/png", id="png"),
+    pytest.param(JPEG, "image/jpeg", id="jpeg"),
+    pytest.param(GIF, "image/gif", id="gif"),
+    pytest.param(WEBP, "image/webp", id="webp"),
+]
+
+
+def unsized_handler(
+    *bodies: bytes, content_type: str = "image/png", seen: list[int] | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Send the n-th body (the last one repeats) with neither Content-Length nor chunking,
+    ending it by closing the connection: the client cannot know whether it is all."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        count = len(seen) if seen is not None else 0
+        if seen is not None:
+            seen.append(1)
+        assert request.transport is not None
+        request.transport.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n".encode()
+            + bodies[min(count, len(bodies) - 1)]
+        )
+        request.transport.close()
+        return web.Response()
+
+    return handler
+
+
+@pytest.mark.parametrize(("body", "content_type"), WHOLE_IMAGES)
+async def test_whole_image_without_content_length_is_saved(
+    loopback: Start, client: MonicaClient, tmp_path: Path, body: bytes, content_type: str
+) -> None:
+    """Without a Content-Length, an image that ends where its format says is complete."""
+    url = await loopback(unsized_handler(body, content_type=content_type)) + "/x"
+    path = await client.download(url, tmp_path / "x.img")
+    assert body == path.read_bytes()
+
+
+@pytest.mark.parametrize(("body", "content_type"), WHOLE_IMAGES)
+async def test_image_cut_short_without_content_length_is_retried_then_fails(
+    loopback: Start, client: MonicaClient, tmp_path: Path, body: bytes, content_type: str
+) -> None:
+    """A body that stops half-way, with no Content-Length to tell, is no success and no file."""
+    seen: list[int] = []
+    handler = unsized_handler(body[: len(body) // 2], content_type=content_type, seen=seen)
+    url = await loopback(handler) + "/x"
+    with pytest.raises(APIConnectionError, match="cut short") as caught:
+        await client.download(url, tmp_path / "x.img")
+    assert (2, 2, []) == (caught.value.attempts, len(seen), files_in(tmp_path))
+
+
+async def test_image_cut_short_then_whole_succeeds(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A cut-short body is retried like a dropped connection; the next whole one is saved."""
+    seen: list[int] = []
+    url = await loopback(unsized_handler(PNG[:500], PNG, seen=seen)) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    assert (PNG, 2, ["x.png"]) == (path.read_bytes(), len(seen), files_in(tmp_path))
+
+
+async def test_body_shorter_than_its_content_length_is_no_success(
+    mock_http: aioresponses, client: MonicaClient, tmp_path: Path
+) -> None:
+    """The byte count is checked against Content-Length (a transport may not check it)."""
+    url = "https://cdn.test/x.png"
+    mock_http.get(url, body=PNG[:100], headers={"Content-Length": str(len(PNG))}, repeat=True)
+    with pytest.raises(APIConnectionError, match=f"100 of the {len(PNG)} bytes"):
+        await client.download(url, tmp_path / "x.png")
+    assert [] == files_in(tmp_path)
+
+
+def _bmp() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, "BMP")
+    return out.getvalue()
+
+
+async def test_other_format_is_decoded_with_pillow_to_tell_it_is_whole(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A format without a checked end marker (BMP) is decoded: a cut one is refused."""
+    bmp = _bmp()
+    whole = await loopback(unsized_handler(bmp, content_type="image/bmp")) + "/whole.bmp"
+    cut = await loopback(unsized_handler(bmp[:2000], content_type="image/bmp")) + "/cut.bmp"
+    saved = await client.download(whole, tmp_path / "whole.bmp")
+    with pytest.raises(APIConnectionError, match="cut short"):
+        await client.download(cut, tmp_path / "cut.bmp")
+    assert (bmp, ["whole.bmp"]) == (saved.read_bytes(), files_in(tmp_path))
+
+
+async def test_other_format_is_kept_when_pillow_is_missing(
+    loopback: Start, client: MonicaClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Pillow nothing can tell a BMP is whole: it is saved as before."""
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    body = b"BM" + bytes(200)
+    url = await loopback(unsized_handler(body, content_type="image/bmp")) + "/x.bmp"
+    path = await client.download(url, tmp_path / "x.bmp")
+    assert body == path.read_bytes()
+
+
+async def test_format_pillow_does_not_know_is_kept(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """An image/* body nobody can check (Pillow does not recognise it) is saved as before."""
+    body = b"\x00\x00\x00\x1cftypavif" + bytes(200)
+    url = await loopback(unsized_handler(body, content_type="image/avif")) + "/x.avif"
+    path = await client.download(url, tmp_path / "x.avif")
+    assert body == path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("first", "tail", "size", "expected"),
+    [
+        (PNG[:16], PNG[-32:], len(PNG), True),
+        (PNG[:16], PNG[-40:-8], len(PNG) - 8, False),
+        (JPEG[:16], JPEG[-32:], len(JPEG), True),
+        (JPEG[:16], JPEG[-34:-2], len(JPEG) - 2, False),
+        (GIF[:16], GIF[-32:], len(GIF), True),
+        (GIF[:16], GIF[-33:-1], len(GIF) - 1, False),
+        (WEBP[:16], WEBP[-32:], len(WEBP), True),
+        (WEBP[:16], WEBP[-33:-1], len(WEBP) - 1, False),
+        (b"BM" + bytes(14), bytes(32), 100, None),
+        (b"II*\x00" + bytes(12), bytes(32), 100, None),
+    ],
+)
+def test_image_is_complete_reads_each_formats_end(
+    first: bytes, tail: bytes, size: int, expected: bool | None
+) -> None:
+    """PNG's IEND, JPEG's EOI, GIF's trailer, WebP's RIFF size; None for other formats."""
+    assert expected == image_is_complete(first, tail, size)
+
+
+# -- leftovers of killed runs ---------------------------------------------------------------
+
+
+def test_stale_temporary_files_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    """Only names of the library's temporary pattern go; other files, folders and links stay."""
+    stale = [".cat.png.0123456789abcdef.part", ".1-x-a1b2c3d4.webp.fedcba9876543210.part"]
+    kept = [
+        "cat.png",
+        ".cat.png.part",
+        "cat.png.0123456789abcdef.part",
+        ".cat.png.0123456789ABCDEF.part",
+        ".cat.png.0123456789abcde.part",
+        ".cat.png.0123456789abcdef.part.bak",
+    ]
+    for name in stale + kept:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".dir.0123456789abcdef.part").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-target.png"
+    outside.write_bytes(b"keep me")
+    (tmp_path / ".link.png.0123456789abcdef.part").symlink_to(outside)
+    removed = remove_stale_temporaries(tmp_path)
+    expected = sorted([*kept, ".dir.0123456789abcdef.part", ".link.png.0123456789abcdef.part"])
+    assert (2, expected, b"keep me") == (removed, files_in(tmp_path), outside.read_bytes())
+
+
+def test_cleanup_of_a_missing_folder_removes_nothing(tmp_path: Path) -> None:
+    """A folder that cannot be listed is no error: there is nothing to clean."""
+    assert 0 == remove_stale_temporaries(tmp_path / "absent")
+
+
+async def test_temporary_name_taken_by_a_cleanup_is_replaced(
+    loopback: Start, client: MonicaClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cleanup that locks a new temporary file before its download does makes the
+    download start over with another name; the image still arrives."""
+    fcntl = pytest.importorskip("fcntl")
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def busy_once(fd: int, operation: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise BlockingIOError("held by a cleanup")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", busy_once)
+    url = await loopback(image_handler()) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    # The first name is left to the cleanup that took it.
+    assert (PNG, 2, 1) == (
+        path.read_bytes(),
+        len(calls),
+        len([p for p in tmp_path.iterdir() if p.name.endswith(".part")]),
+    )
+
+
+async def test_file_system_without_locks_still_downloads(
+    loopback: Start, client: MonicaClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where flock is not supported, the download goes ahead unlocked (and ends in place)."""
+    fcntl = pytest.importorskip("fcntl")
+
+    def unsupported(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    url = await loopback(image_handler()) + "/x.png"
+    path = await client.download(url, tmp_path / "x.png")
+    assert (PNG, ["x.png"]) == (path.read_bytes(), files_in(tmp_path))
+
+
+async def test_live_download_keeps_its_temporary_file(
+    loopback: Start, client: MonicaClient, tmp_path: Path
+) -> None:
+    """A cleanup while another download writes leaves its file alone; the download completes."""
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        response.content_length = len(PNG)
+        await response.prepare(request)
+        await response.write(PNG[:100])
+        started.set()
+        await release.wait()
+        await response.write(PNG[100:])
+        return response
+
+    url = await loopback(handler) + "/x.png"
+    download = asyncio.create_task(client.download(url, tmp_path / "x.png"))
+    await asyncio.wait_for(started.wait(), 10)
+    [part] = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    removed = remove_stale_temporaries(tmp_path)
+    release.set()
+    path = await asyncio.wait_for(download, 10)
+    assert (0, PNG, ["x.png"], False) == (
+        removed,
+        path.read_bytes(),
+        files_in(tmp_path),
+        part.exists(),
+    )

@@ -158,7 +158,7 @@ async def test_redirect_is_an_error_and_not_followed(
         ('{"broken json', None, '{"broken json'),
         ("[1, 2]", None, "[1, 2]"),
         ('"a string"', None, '"a string"'),
-        ("<html>Bad request</html>", None, "<html>Bad request</html>"),
+        ("<html>Bad request</html>", None, "Bad request"),
         ("  spaced out \n", None, "spaced out"),
         ("", None, "HTTP 400 with an empty body"),
         ("  \n ", None, "HTTP 400 with an empty body"),
@@ -314,7 +314,7 @@ TRANSPORT_ERRORS: list[tuple[Callable[[], BaseException], type[APIError], str]] 
     (
         lambda: aiohttp.ClientProxyConnectionError(_KEY, OSError(111, "Connection refused")),
         APIConnectionError,
-        "cannot connect to api.test:443",
+        "cannot connect to the proxy api.test:443 (Connection refused); check HTTPS_PROXY",
     ),
     (
         lambda: aiohttp.ClientConnectorSSLError(_KEY, ssl.SSLError(1, "handshake failure")),
@@ -352,6 +352,11 @@ TRANSPORT_ERRORS: list[tuple[Callable[[], BaseException], type[APIError], str]] 
         lambda: aiohttp.ClientPayloadError("Response payload is not completed"),
         APIConnectionError,
         "the answer's body was cut short",
+    ),
+    (
+        lambda: aiohttp.ClientHttpProxyError(_INFO, (), status=407, message="Proxy Auth Required"),
+        APIConnectionError,
+        "the proxy answered 407 Proxy Auth Required; check HTTPS_PROXY",
     ),
     (
         lambda: aiohttp.ClientResponseError(_INFO, (), status=400, message="Bad status line"),

@@ -1,9 +1,15 @@
 """Reading the command line's input: URL lists, CSV and JSON Lines, streamed.
 
-Every input is numbered by the 1-based physical line of the input where it
-starts, counting every line (blank lines, comments and a CSV header included).
-The numbering therefore depends only on the file's bytes, so shards agree on it
-and ``--resume`` can recognise an input it has seen.
+Every input is one physical line, numbered from 1 counting every line (blank
+lines, comments and a CSV header included). The numbering therefore depends only
+on the file's bytes, so shards agree on it and ``--resume`` can recognise an input
+it has seen.
+
+One line, one outcome: a line that cannot be read (not UTF-8, longer than
+:data:`MAX_LINE_BYTES`, JSON nested too deeply, a CSV field over the csv module's
+limit, a CSV quote left open at the end of the line) becomes a problem record for
+that line, and the next line is read on its own. A CSV record never spans lines, so
+a stray quote cannot glue the following lines into one URL.
 
 Inputs are read in a daemon thread and handed to the event loop in chunks, so a
 slow pipe on stdin never blocks the event loop, and a huge file never sits in
@@ -39,6 +45,12 @@ CHUNK: Final = 256
 READ_AHEAD: Final = 4
 #: How much of a bad record is kept as its "source" in the output.
 SOURCE_EXCERPT: Final = 200
+#: Longest line read: a URL is at most 8 KiB, so a longer line is a broken file (one
+#: without line breaks, say), reported and skipped without ever being held whole.
+MAX_LINE_BYTES: Final = 1024 * 1024
+
+_TOO_LONG: Final = f"the line is longer than {MAX_LINE_BYTES // 1024} KiB"
+_NOT_UTF8: Final = "the line is not valid UTF-8"
 
 
 _EXTENSIONS: Final = {
@@ -81,19 +93,24 @@ class InputSource:
     url_column: int = 0
     regular_file: bool = False
     #: Lines already read to detect the format, replayed before the rest of the stream.
-    _peeked: list[bytes] = attrs.field(factory=list, repr=False)
+    _peeked: list[_Line] = attrs.field(factory=list, repr=False)
 
-    def lines(self) -> Iterator[tuple[int, str]]:
-        """Yield ``(line number, text without the line ending)`` for every physical line."""
-        for number, raw in enumerate(_chain(self._peeked, self.stream), start=1):
+    def lines(self) -> Iterator[tuple[int, str, bool]]:
+        """Yield ``(line number, text without the line ending, too long)`` for every line.
+
+        The text of a line over :data:`MAX_LINE_BYTES` is its beginning only.
+        """
+        for number, (raw, too_long) in enumerate(
+            _chain(self._peeked, _physical_lines(self.stream)), start=1
+        ):
             text = raw.decode("utf-8", errors="replace")
             if number == 1:
                 text = text.removeprefix("\ufeff")
-            yield number, text.rstrip("\r\n")
+            yield number, text.rstrip("\r\n"), too_long
         self._peeked = []
 
     def records(self) -> Iterator[InputRecord]:
-        """Yield every input of the stream, in order."""
+        """Yield every input of the stream, in order; never raises for what a line holds."""
         if self.format is InputFormat.CSV:
             return self._csv_records()
         if self.format is InputFormat.JSONL:
@@ -101,21 +118,30 @@ class InputSource:
         return self._txt_records()
 
     def _txt_records(self) -> Iterator[InputRecord]:
-        for number, text in self.lines():
+        for number, text, too_long in self.lines():
             url = text.strip()
+            if too_long:
+                yield InputRecord(number, None, _TOO_LONG, url)
+                continue
             if not url or url.startswith("#"):
                 continue
             yield _checked(number, url, url)
 
     def _jsonl_records(self) -> Iterator[InputRecord]:
-        for number, text in self.lines():
+        for number, text, too_long in self.lines():
             stripped = text.strip()
+            if too_long:
+                yield InputRecord(number, None, _TOO_LONG, stripped)
+                continue
             if not stripped or stripped.startswith("#"):
                 continue
             try:
                 payload = json.loads(stripped)
             except ValueError:
                 yield InputRecord(number, None, "the line is not valid JSON", stripped)
+                continue
+            except RecursionError:
+                yield InputRecord(number, None, "the line's JSON is nested too deeply", stripped)
                 continue
             url = payload.get("url") if isinstance(payload, dict) else None
             if not isinstance(url, str) or not url.strip():
@@ -124,20 +150,16 @@ class InputSource:
             yield _checked(number, url.strip(), stripped)
 
     def _csv_records(self) -> Iterator[InputRecord]:
-        numbered = self.lines()
-        starts: list[int] = []
-
-        def texts() -> Iterator[str]:
-            for number, text in numbered:
-                starts.append(number)
-                yield text
-
-        reader = csv.reader(texts())
         header_seen = False
-        for row in reader:
-            # The record started on the first physical line the reader consumed for it.
-            first = starts[0]
-            starts.clear()
+        for number, text, too_long in self.lines():
+            if too_long:
+                yield InputRecord(number, None, _TOO_LONG, text)
+                continue
+            row = _csv_row(text)
+            if isinstance(row, str):
+                if header_seen:
+                    yield InputRecord(number, None, row, text)
+                continue
             if not any(cell.strip() for cell in row):
                 continue
             if not header_seen:
@@ -148,9 +170,9 @@ class InputSource:
                 continue
             raw = ",".join(row)
             if self.url_column >= len(row) or not row[self.url_column].strip():
-                yield InputRecord(first, None, "the row has no value in its url column", raw)
+                yield InputRecord(number, None, "the row has no value in its url column", raw)
                 continue
-            yield _checked(first, row[self.url_column].strip(), raw)
+            yield _checked(number, row[self.url_column].strip(), raw)
 
     def close(self) -> None:
         """Close the stream (never stdin itself)."""
@@ -160,11 +182,44 @@ class InputSource:
 
 def _checked(line: int, url: str, raw: str) -> InputRecord:
     if "\ufffd" in url:
-        return InputRecord(line, None, "the line is not valid UTF-8", raw)
+        return InputRecord(line, None, _NOT_UTF8, raw)
     return InputRecord(line, url, None, raw)
 
 
-def _chain(first: list[bytes], rest: IO[bytes]) -> Iterator[bytes]:
+def _csv_row(text: str) -> list[str] | str:
+    """The cells of one CSV line, or why the line cannot be read as one."""
+    try:
+        # The line ending is given back so that a quote left open swallows it (and
+        # shows), instead of the reader pulling the next line into this record.
+        row = next(csv.reader((text + "\n",)), [])
+    except csv.Error as exc:
+        return f"the line cannot be read as CSV ({exc})"
+    if any("\n" in cell for cell in row):
+        return "a quoted field is still open at the end of the line (a record is one line)"
+    return row
+
+
+#: A physical line: its bytes (only the beginning of a line over the limit) and
+#: whether it was over the limit.
+_Line = tuple[bytes, bool]
+
+
+def _physical_lines(stream: IO[bytes]) -> Iterator[_Line]:
+    """The lines of *stream*; a line over :data:`MAX_LINE_BYTES` is never held whole."""
+    while True:
+        raw = stream.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_LINE_BYTES or raw.endswith(b"\n"):
+            yield raw, False
+            continue
+        rest = raw
+        while rest and not rest.endswith(b"\n"):
+            rest = stream.readline(MAX_LINE_BYTES)
+        yield raw[: 4 * SOURCE_EXCERPT], True
+
+
+def _chain(first: list[_Line], rest: Iterator[_Line]) -> Iterator[_Line]:
     yield from first
     yield from rest
 
@@ -210,17 +265,15 @@ def open_input(name: str, fmt: InputFormat = InputFormat.AUTO, *, stdin: IO[byte
     return source
 
 
-def _peek(stream: IO[bytes]) -> tuple[list[bytes], str | None]:
+def _peek(stream: IO[bytes]) -> tuple[list[_Line], str | None]:
     """Read up to the first meaningful line; return what was read and that line's text."""
-    peeked: list[bytes] = []
-    while True:
-        raw = stream.readline()
-        if not raw:
-            return peeked, None
-        peeked.append(raw)
-        text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff").strip()
+    peeked: list[_Line] = []
+    for line in _physical_lines(stream):
+        peeked.append(line)
+        text = line[0].decode("utf-8", errors="replace").removeprefix("\ufeff").strip()
         if text and not text.startswith("#"):
             return peeked, text
+    return peeked, None
 
 
 def _sniff(first: str | None) -> InputFormat:
@@ -229,8 +282,8 @@ def _sniff(first: str | None) -> InputFormat:
     if first.startswith("{"):
         return InputFormat.JSONL
     if "," in first or ";" in first:
-        cells = next(csv.reader([first]))
-        if any(cell.strip().lower() == "url" for cell in cells):
+        cells = _csv_row(first)
+        if not isinstance(cells, str) and any(cell.strip().lower() == "url" for cell in cells):
             return InputFormat.CSV
     return InputFormat.TXT
 
@@ -238,7 +291,10 @@ def _sniff(first: str | None) -> InputFormat:
 def _url_column(name: str, header: str | None) -> int:
     if header is None:
         return 0
-    cells = [cell.strip().lower() for cell in next(csv.reader([header]))]
+    row = _csv_row(header)
+    if isinstance(row, str):
+        raise UsageError(f"input {name!r} is CSV but its header cannot be read: {row}")
+    cells = [cell.strip().lower() for cell in row]
     if "url" not in cells:
         shown = ", ".join(cells[:10])
         raise UsageError(f"input {name!r} is CSV but has no 'url' column (columns: {shown})")

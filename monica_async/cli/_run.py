@@ -26,6 +26,7 @@ from typing import IO, Any, Final, TextIO
 
 from monica_async._client import MonicaClient
 from monica_async._config import RetryPolicy
+from monica_async._download import remove_stale_temporaries
 from monica_async._exceptions import (
     APIError,
     AuthenticationError,
@@ -378,6 +379,8 @@ async def _execute(options: RunOptions, stdin: IO[bytes] | None, out: TextIO) ->
             raise UsageError(
                 f"cannot create --download-dir {str(options.download_dir)!r}: {exc.strerror or exc}"
             ) from None
+        # What a killed run was writing; a live run's files are locked and stay.
+        remove_stale_temporaries(options.download_dir)
     async with contextlib.AsyncExitStack() as stack:
         source = open_input(
             options.input,
@@ -433,7 +436,7 @@ def _count_in_background(run: _Run) -> None:
     def count() -> None:
         try:
             total = count_inputs(source.name, source.format, source.url_column, keep)
-        except (OSError, ValueError):
+        except Exception:  # only the progress display's total is lost, never the run
             return
         with contextlib.suppress(RuntimeError):  # the loop closed first
             loop.call_soon_threadsafe(run.reporter.set_total, total)
