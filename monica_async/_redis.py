@@ -20,6 +20,7 @@ import math
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Coroutine
 from importlib import resources
 from types import TracebackType
@@ -52,9 +53,15 @@ DEFAULT_PEERS: Final = 4
 SCRIPT: Final = resources.files("monica_async").joinpath("_redis_script.lua").read_text("utf-8")
 
 _INSTALL_HINT: Final = 'RedisRateLimit needs the redis package: pip install "monica-async[redis]"'
-# After Redis fails, it is tried again after this back-off, doubled up to the maximum.
+# After Redis fails, it is tried again after this back-off, doubled up to the maximum
+# and stretched by a random factor up to _RETRY_JITTER. The maximum is short because
+# until every sharer has found Redis again, each of them keeps to its local share.
 _RETRY_FIRST: Final = 0.25
-_RETRY_MAX: Final = 5.0
+_RETRY_MAX: Final = 0.5
+_RETRY_JITTER: Final = 1.25
+# Seconds over which the most limiters seen on the key is remembered: the share taken
+# during an outage is 1 / that, so that a peer missing from one answer is still counted.
+_PEER_MEMORY: Final = 10.0
 # A pause that starts during a wait this short cannot be told apart from one that
 # starts just after the attempt: asking Redis again would cost more than it saves.
 _RECHECK_AFTER: Final = 0.002
@@ -283,9 +290,13 @@ class RedisRateLimit:
     _errors: tuple[type[BaseException], ...] = attrs.field(init=False)
     _members: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     _closed: bool = attrs.field(init=False, default=False)
-    # What the last answers said, for the fallback and for on_success.
-    _peers: int | None = attrs.field(init=False, default=None)
+    # What the last answers said, for the fallback and for on_success: (when, peers),
+    # most peers first, to keep the most seen over the last _PEER_MEMORY seconds.
+    _peers_seen: deque[tuple[float, int]] = attrs.field(init=False, factory=deque)
     _streak: int = attrs.field(init=False, default=0)
+    # This limiter's own slots (on time.monotonic()) booked in Redis during the last
+    # window and ahead: the local fallback counts them as its own starts.
+    _booked: deque[float] = attrs.field(init=False, factory=deque)
     _paused_until: float = attrs.field(init=False, default=0.0)
     # Availability: set while Redis is unavailable.
     _down_since: float | None = attrs.field(init=False, default=None)
@@ -293,7 +304,11 @@ class RedisRateLimit:
     _retry_at: float = attrs.field(init=False, default=0.0)
     _backoff: float = attrs.field(init=False, default=_RETRY_FIRST)
     _probing: bool = attrs.field(init=False, default=False)
+    # The local limit: set while Redis is unavailable, and kept after it is back
+    # until _rejoin_by, while the other sharers may still be on theirs.
     _fallback: RateLimit | None = attrs.field(init=False, default=None)
+    _expected_peers: int = attrs.field(init=False, default=DEFAULT_PEERS)
+    _rejoin_by: float = attrs.field(init=False, default=math.inf)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
@@ -395,6 +410,11 @@ class RedisRateLimit:
         """``False`` while Redis is considered unavailable."""
         return self._down_since is None
 
+    @property
+    def _peers(self) -> int | None:
+        """The most limiters Redis counted on the key lately (``None``: never answered)."""
+        return self._peers_seen[0][1] if self._peers_seen else None
+
     # -- the RateLimiter protocol ---------------------------------------------------
 
     async def acquire(self) -> float:
@@ -407,15 +427,26 @@ class RedisRateLimit:
         if self._closed:
             raise MonicaError("this RedisRateLimit is closed; create a new one")
         began = time.monotonic()
+        local = self._local_in_force(began)
+        if local is not None:
+            # Without Redis, or back on it while the other sharers may still be on
+            # their local limits: keep to the local share first. Then book in Redis
+            # as well (when it answers), so that once every sharer is back Redis
+            # knows every start of the last window.
+            await self._pass_locally(local)
         member = self._next_member()
         try:
             slot = await self._run(self._script.book(member))
         except _Unavailable as exc:
-            await self._acquire_locally(exc)
+            if local is None:
+                if self.on_unavailable == "fail":
+                    raise self._unavailable_error(exc) from exc.__cause__
+                await self._pass_locally(self._local())
             return time.monotonic() - began
         except BaseException:
             self._give_back(member)  # cancelled while Redis may have booked it
             raise
+        self._note_booked(slot.due)
         if slot.wait <= 0:
             return time.monotonic() - began
         # A caller that has to wait asks once more just before its slot (a pause may
@@ -435,6 +466,8 @@ class RedisRateLimit:
                     await asyncio.sleep(left - lead)
                 held = slot
                 slot = await self._run(self._script.book(member, held))
+                if slot.member != held.member:
+                    self._note_booked(slot.due)
                 confirmed = slot.member == held.member or slot.wait < _RECHECK_AFTER
             except _Unavailable as exc:
                 if self.on_unavailable == "fail":
@@ -513,19 +546,77 @@ class RedisRateLimit:
         finally:
             if probing:
                 self._probing = False
+        now = time.monotonic()
+        if self._down_since is not None:
+            self._came_back(now)
         if isinstance(result, _Slot):
-            self._peers = result.peers
+            self._note_peers(now, result.peers)
             self._streak = result.streak
             self._note_pause(result.pause_left)
-        if self._down_since is not None:
+        return result
+
+    def _came_back(self, now: float) -> None:
+        down_for = now - self._down_since if self._down_since is not None else 0.0
+        self._down_since = None
+        if self._fallback is None or self.on_unavailable == "fail":
+            # Nothing was started without Redis: what it holds (or lost) is all there is.
+            self._fallback = None
             logger.info(
                 "rate limit %r: Redis is reachable again after %.1fs; the limit is shared again",
                 self.key,
-                time.monotonic() - self._down_since,
+                down_for,
             )
-            self._down_since = None
-            self._fallback = None
-        return result
+            return
+        # Every sharer that is still running tries Redis at least this often; a window
+        # after the last of them is back, Redis has seen every start of a whole window.
+        self._rejoin_by = now + _RETRY_MAX * _RETRY_JITTER + self.timeout + self._window
+        logger.info(
+            "rate limit %r: Redis is reachable again after %.1fs; keeping the local limit "
+            "of %d per %ss as well until the other limiters are back (at most %.1fs)",
+            self.key,
+            down_for,
+            self._fallback.requests,
+            self._fallback.per,
+            self._rejoin_by - now,
+        )
+
+    @property
+    def _window(self) -> float:
+        return self._shape.per + self._shape.effective_margin
+
+    def _local_in_force(self, now: float) -> RateLimit | None:
+        """The local limit an acquisition keeps to now, if any.
+
+        That is while Redis is unavailable (with ``on_unavailable="local"``) and,
+        once it is back, until every sharer can be back too (``_rejoin_by``).
+        """
+        local = self._fallback
+        if local is None or self.on_unavailable == "fail":
+            return None
+        if self._down_since is not None or now < self._rejoin_by:
+            return local
+        self._fallback = None
+        self._rejoin_by = math.inf
+        logger.info("rate limit %r: back on the whole shared limit", self.key)
+        return None
+
+    def _note_peers(self, now: float, peers: int) -> None:
+        seen = self._peers_seen
+        while seen and seen[-1][1] <= peers:
+            seen.pop()
+        seen.append((now, peers))
+        while now - seen[0][0] > _PEER_MEMORY:  # the newest answer always stays
+            seen.popleft()
+        if self._fallback is not None and peers >= self._expected_peers:
+            # Every limiter counted before the outage has booked through Redis again.
+            self._rejoin_by = min(self._rejoin_by, now + self._window)
+
+    def _note_booked(self, due: float) -> None:
+        booked = self._booked
+        booked.append(due)
+        horizon = time.monotonic() - self._window
+        while booked[0] <= horizon and len(booked) > 1:
+            booked.popleft()
 
     def _went_down(self, exc: BaseException, probing: bool) -> None:
         now = time.monotonic()
@@ -549,23 +640,34 @@ class RedisRateLimit:
         else:
             return  # a call that started before the outage was noticed
         # Jittered, so that the processes sharing the key do not all probe at once.
-        self._retry_at = now + self._backoff * random.uniform(1.0, 1.25)
+        self._retry_at = now + self._backoff * random.uniform(1.0, _RETRY_JITTER)
 
     def _local(self) -> RateLimit:
-        """The in-process limit used while Redis is unavailable (made on first need)."""
+        """The in-process limit used while Redis is unavailable (made on first need).
+
+        Its share is ``fallback_fraction`` of the limit, else ``1 / N`` for the most
+        limiters Redis counted on the key lately. Its log starts with this limiter's
+        own slots booked in Redis during the last window and ahead (they still start,
+        at their times), so that its own starts stay within the share across the
+        switch instead of adding a fresh window's worth to them.
+        """
         if self._fallback is None:
+            peers = self._peers
             fraction = self.fallback_fraction
             if fraction is None:
-                fraction = 1 / (self._peers or DEFAULT_PEERS)
+                fraction = 1 / (peers or DEFAULT_PEERS)
+            self._expected_peers = peers or math.ceil(1 / fraction - 1e-9)
             share = max(1, math.floor(self.requests * fraction + 1e-9))
             burst = min(self._shape.effective_burst, share)
-            self._fallback = RateLimit(share, self.per, burst=burst, margin=self.margin)
+            local = RateLimit(share, self.per, burst=burst, margin=self._shape.effective_margin)
+            horizon = time.monotonic() - self._window
+            for due in sorted(self._booked):
+                if due > horizon:
+                    local._book(due)
+            self._fallback = local
         return self._fallback
 
-    async def _acquire_locally(self, exc: _Unavailable) -> None:
-        if self.on_unavailable == "fail":
-            raise self._unavailable_error(exc) from exc.__cause__
-        local = self._local()
+    async def _pass_locally(self, local: RateLimit) -> None:
         left = self._paused_until - time.monotonic()
         if left > 0:
             # A pause Redis announced before it went away still stands.

@@ -14,7 +14,8 @@
 -- KEYS[1]  hash: tat, nb (the shared 429 pause: "not before"), epoch (bumped each
 --          time the pause moves later), streak (429s in a row)
 -- KEYS[2]  sorted set: the log, member = booking id, score = slot
--- KEYS[3]  sorted set: limiters seen lately, member = limiter id, score = last seen
+-- KEYS[3]  sorted set: limiters seen lately, member = limiter id, score = the later of
+--          its last call and its latest booked slot
 -- ARGV     mode, requests, per, margin, burst, then per mode:
 --   book     member, limiter id, [held member, held epoch]
 --            With a held booking (a caller about to start): keep it if the pause did
@@ -69,6 +70,7 @@ local function expire()
     local ttl = math.ceil((horizon - now + per + margin) / 1000) + 1
     redis.call('PEXPIRE', state, ttl)
     redis.call('PEXPIRE', log, ttl)
+    redis.call('PEXPIRE', peers, ttl)
 end
 
 local function pause_left()
@@ -79,15 +81,23 @@ if mode == 'book' then
     local member, peer = ARGV[6], ARGV[7]
     local held, held_epoch = ARGV[8], tonumber(ARGV[9])
 
-    -- Who shares the key: the limiters that booked during the last window.
-    redis.call('ZADD', peers, now, peer)
-    redis.call('ZREMRANGEBYSCORE', peers, '-inf', now - per - margin)
-    redis.call('PEXPIRE', peers, math.ceil((per + margin) / 1000) + 1)
-    local seen = redis.call('ZCARD', peers)
+    -- Who shares the key: the limiters that started during the last window or hold a
+    -- slot after it. A limiter whose callers sleep on slots booked far ahead asks
+    -- Redis less than once a window, yet it is still taking its part of the limit.
+    local function count_peers(slot)
+        local last = tonumber(redis.call('ZSCORE', peers, peer))
+        if not last or slot > last then
+            redis.call('ZADD', peers, slot, peer)
+        end
+        redis.call('ZREMRANGEBYSCORE', peers, '-inf', now - per - margin)
+        return redis.call('ZCARD', peers)
+    end
 
     if held and held ~= '' then
         local kept = tonumber(redis.call('ZSCORE', log, held))
         if kept and (held_epoch == epoch or now >= nb) then
+            local seen = count_peers(math.max(now, kept))
+            expire()
             local wait = math.max(0, math.ceil(kept - now))
             return {wait, epoch, held, streak, seen, pause_left(), now}
         end
@@ -115,6 +125,7 @@ if mode == 'book' then
     tat = math.max(tat, slot) + interval
     redis.call('ZADD', log, slot, member)
     redis.call('HSET', state, 'tat', tat)
+    local seen = count_peers(slot)
     expire()
     return {math.ceil(slot - now), epoch, member, streak, seen, pause_left(), now}
 end
