@@ -393,8 +393,8 @@ def outage(args: argparse.Namespace, redis_process: RedisProcess) -> Outage:
         killed = time.monotonic()
         redis_process.kill()
         time.sleep(max(0.0, killed + args.outage_for - time.monotonic()))
-        redis_process.start()
         restarted = time.monotonic()
+        redis_process.start()
         results = summaries(processes)
         times = sorted(fake_stats(base_url).accepted_times)
     ended = times[-1] if times else restarted

@@ -90,6 +90,14 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
             time.sleep(0.02)
 
+    def kill(self) -> None:
+        """Kill the server (SIGKILL), as a crash would: connections break, data is lost."""
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+
     def stop(self) -> None:
         """Stop the server; connections to it break at once."""
         if self.process is None:
@@ -103,16 +111,21 @@ class RedisServer:
         self.process = None
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A running redis-server of its own, stopped after the test."""
+def required_redis_binary() -> str:
+    """The redis-server to run; skips the test without one (fails it under ``CI=true``)."""
     binary = redis_binary()
     if binary is None:
         reason = "redis-server not found on PATH (install Debian's redis-server package)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{reason}; under CI=true the Redis tests must run")
         pytest.skip(reason)
-    server = RedisServer(binary=binary, directory=tmp_path)
+    return binary
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running redis-server of its own, stopped after the test."""
+    server = RedisServer(binary=required_redis_binary(), directory=tmp_path)
     server.start()
     try:
         yield server

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +65,7 @@ def script_for(
     burst: int | None = None,
     margin: float | None = None,
     key: str | None = None,
+    peer: str = "test-peer",
 ) -> _Script:
     """The Lua script bound to fresh keys, called directly (no limiter around it)."""
     tag = f"{DEFAULT_PREFIX}{{{key or unique_key()}}}"
@@ -70,7 +73,7 @@ def script_for(
         client=client,
         keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers"),
         shape=RateLimit(requests, per, burst=burst, margin=margin),
-        peer="test-peer",
+        peer=peer,
         noscript=redis.exceptions.NoScriptError,
     )
 
@@ -338,6 +341,22 @@ async def test_a_held_booking_is_moved_behind_a_new_pause(
     assert "m1" == moved.member
     assert 0.8 < moved.wait <= 1.0
     assert await redis_client.zscore(script.keys[1], "m0") is None
+
+
+async def test_a_limiter_holding_a_slot_ahead_still_counts_as_a_sharer(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A limiter whose last call is older than a window, but whose booked slot is not,
+    is still counted among the limiters sharing the key."""
+    key = unique_key()
+    early, ahead, last = (script_for(redis_client, 1, 0.3, key=key, peer=p) for p in "abc")
+    await early.book("m0")
+    await ahead.book("m1")  # booked one window and margin ahead
+    await asyncio.sleep(0.4)
+
+    seen = await last.book("m2")
+
+    assert 2 == seen.peers
 
 
 async def test_cancel_gives_a_slot_back(redis_client: redis.asyncio.Redis) -> None:
@@ -692,6 +711,157 @@ async def test_without_ever_reaching_redis_the_fallback_takes_a_quarter(
     assert "local limit of 5 per 5.0s" in warnings[0]
 
 
+async def test_the_fallback_counts_the_most_limiters_seen_lately_not_the_last_answer(
+    limits: Callable[..., RedisRateLimit],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sharer missing from the last answer (idle for a window) is still counted: the
+    fallback takes 1/N for the most limiters seen over the last seconds."""
+    first, second = limits(10, 0.3), limits(10, 0.3)
+    await second.acquire()
+    await first.acquire()  # sees two limiters
+    await asyncio.sleep(0.6)
+    await first.acquire()  # sees itself only
+    redis_server.stop()
+    caplog.set_level(logging.WARNING, logger="monica_async")
+
+    await first.acquire()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 == len(warnings)
+    assert "local limit of 5 per 0.3s" in warnings[0]
+
+
+async def test_the_fallback_counts_the_starts_booked_in_redis_just_before(
+    limits: Callable[..., RedisRateLimit], redis_server: RedisServer
+) -> None:
+    """Two starts booked in Redis, then Redis goes away: the local limit of 4 per window
+    lets two more start in that window, not four."""
+    limit = limits(4, 1.0, burst=4)
+    await limit.acquire()
+    await limit.acquire()
+    redis_server.stop()
+
+    waits = [await limit.acquire() for _ in range(3)]
+
+    assert waits[1] < 0.5 < waits[2] < 5.0
+
+
+async def test_redis_is_tried_again_at_least_every_few_tenths_of_a_second(
+    limits: Callable[..., RedisRateLimit], dead_redis_url: str
+) -> None:
+    """While Redis stays away, the back-off stops growing at half a second (plus jitter),
+    so that a limiter finds Redis soon after it is back."""
+    client = redis.asyncio.Redis.from_url(dead_redis_url)
+    tries: list[float] = []
+    original = client.script_load
+
+    async def counting_load(script: str) -> Any:
+        tries.append(time.monotonic())
+        return await original(script)
+
+    client.script_load = counting_load  # type: ignore[method-assign,assignment]
+    limit = limits(1000, 1.0, burst=1000, url=client)
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < 4.5:
+            await limit.acquire()
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert len(tries) >= 6
+    assert max(gaps) < 1.2
+
+
+async def redis_back(limit: RedisRateLimit, redis_server: RedisServer) -> float:
+    """Start Redis again and acquire until *limit* has found it; return the last wait."""
+    redis_server.start()
+    for _ in range(100):
+        waited = await limit.acquire()
+        if limit.available:
+            return waited
+        await asyncio.sleep(0.05)
+    raise AssertionError("the limiter did not find Redis again")
+
+
+async def test_back_on_redis_a_limiter_keeps_its_local_share_while_others_may_be_away(
+    limits: Callable[..., RedisRateLimit], redis_server: RedisServer
+) -> None:
+    """Redis restarted empty would let 4 start at once; a limiter that fell back to 2 of
+    the 4 keeps to 2 per window while the other limiter it saw is not back, and books
+    every start in Redis too."""
+    first, second = limits(4, 1.0, burst=4), limits(4, 1.0, burst=4)
+    await second.acquire()
+    await first.acquire()  # sees two limiters
+    redis_server.stop()
+    await first.acquire()  # falls back to 2 per window
+    await asyncio.sleep(1.2)  # that window is over
+
+    waits = [await redis_back(first, redis_server)]
+    waits += [await first.acquire() for _ in range(3)]
+
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        booked = await client.zcard(first.keys[1])
+    finally:
+        await client.aclose()
+    assert waits[1] < 0.5 < waits[2] < 5.0
+    assert 2 == booked  # the last window's two starts (the first two are trimmed by now)
+
+
+async def test_once_every_limiter_seen_is_back_the_whole_limit_applies_a_window_later(
+    limits: Callable[..., RedisRateLimit],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When Redis counts as many limiters as before the outage, each of them has booked
+    through Redis again: one window later Redis has seen every start of a window and
+    the local share is lifted."""
+    first, second = limits(4, 1.0, burst=4), limits(4, 1.0, burst=4)
+    await second.acquire()
+    await first.acquire()
+    redis_server.stop()
+    await first.acquire()
+    await asyncio.sleep(1.2)
+    await redis_back(first, redis_server)
+    await second.acquire()
+    await first.acquire()  # sees both limiters again
+    caplog.set_level(logging.INFO, logger="monica_async")
+    await asyncio.sleep(1.3)
+
+    waits = [await first.acquire() for _ in range(4)]
+
+    assert all(wait < 0.5 for wait in waits), waits
+    assert any("back on the whole shared limit" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_local_share_is_lifted_even_if_the_others_never_come_back(
+    limits: Callable[..., RedisRateLimit],
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every running sharer tries Redis at least every 0.625 s: after that, a call
+    timeout and a window, a limiter takes the whole limit even if fewer limiters came
+    back than it counted before the outage."""
+    first, second = limits(4, 1.0, burst=4, timeout=0.2), limits(4, 1.0, burst=4)
+    await second.acquire()
+    await first.acquire()
+    redis_server.stop()
+    await first.acquire()
+    await asyncio.sleep(1.2)
+    await redis_back(first, redis_server)
+    caplog.set_level(logging.INFO, logger="monica_async")
+    await asyncio.sleep(0.625 + 0.2 + 1.05 + 0.3)
+
+    waits = [await first.acquire() for _ in range(3)]
+
+    assert all(wait < 0.5 for wait in waits), waits
+    assert any("back on the whole shared limit" in r.getMessage() for r in caplog.records)
+
+
 async def test_a_429_while_redis_is_away_pauses_the_local_fallback(
     limits: Callable[..., RedisRateLimit], dead_redis_url: str
 ) -> None:
@@ -903,7 +1073,7 @@ def test_import_monica_async_does_not_need_redis() -> None:
 
 WORKER = Path(__file__).with_name("redis_worker.py")
 #: The shared limit of the multi-process tests. The margin is wider than the default
-#: (10 ms at 1 s) because the server's arrival times, not the limiter's start times,
+#: (50 ms at 1 s) because the server's arrival times, not the limiter's start times,
 #: are checked, on two cores shared by the workers, the server and Redis.
 LIMIT = {"requests": 10, "per": 1.0, "margin": 0.1}
 
@@ -1075,7 +1245,7 @@ async def test_fail_closed_outage_fails_the_inputs_it_meets_and_sends_nothing_fo
         outcomes = await client.upscale_all(urls)
         await stopping
         await asyncio.to_thread(redis_server.start)
-        await asyncio.sleep(6.0)  # past the longest back-off
+        await asyncio.sleep(1.5)  # past the longest back-off
         after = await client.upscale("https://img.example/after.png")
 
     failed = [o for o in outcomes if o.error is not None]
@@ -1084,3 +1254,151 @@ async def test_fail_closed_outage_fails_the_inputs_it_meets_and_sends_nothing_fo
     assert all(isinstance(o.error, RateLimiterUnavailableError) for o in failed)
     assert 40 - len(failed) + 1 == fake_server.stats.accepted == fake_server.stats.total
     assert after.url
+
+
+# -- several processes through a Redis outage ------------------------------------------
+
+#: Seconds of each phase: before the kill, Redis down, and after the restart (one more).
+PHASE = 3.0
+#: Three processes share 30 per second: each one's share is 10.
+OUTAGE_LIMIT, OUTAGE_PROCESSES = 30, 3
+
+
+@attrs.frozen
+class OutageRun:
+    """Three workers through a redis-server kill and restart, as the fake server saw them."""
+
+    times: list[float]  # accepted arrivals at the fake server, sorted
+    killed: float
+    restarted: float
+    runs: list[WorkerRun]
+
+    def worst_window(self, after: float, until: float) -> int:
+        """The most arrivals in a 1 s window that starts in ``(after, until]``."""
+        times = self.times
+        return max(
+            (
+                bisect.bisect_left(times, t + 1.0) - i
+                for i, t in enumerate(times)
+                if after < t <= until
+            ),
+            default=0,
+        )
+
+
+def logged_at(run: WorkerRun, text: str) -> list[float]:
+    """When the worker logged each line containing *text* (its ``time.monotonic()``)."""
+    return [float(line.split(" ", 1)[0]) for line in run.log.splitlines() if text in line]
+
+
+async def run_through_outage(server: RedisServer) -> OutageRun:
+    """Three workers at 30/s; redis-server killed after PHASE s, started after PHASE more."""
+    moments: dict[str, float] = {}
+
+    async def outage() -> None:
+        await asyncio.sleep(PHASE)
+        moments["killed"] = time.monotonic()
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(PHASE)
+        moments["restarted"] = time.monotonic()
+        await asyncio.to_thread(server.start)
+
+    async with FakeMonicaServer(api_key=API_KEY, process_images=False) as fake:
+        runs = await run_workers(
+            OUTAGE_PROCESSES,
+            fake,
+            server.url,
+            images=100_000,
+            started=outage,
+            requests=OUTAGE_LIMIT,
+            seconds=3 * PHASE + 1,
+        )
+        times = sorted(fake.stats.accepted_times)
+    return OutageRun(times, moments["killed"], moments["restarted"], runs)
+
+
+@pytest.fixture(scope="module")
+def outage_run(tmp_path_factory: pytest.TempPathFactory) -> OutageRun:
+    """One run through an outage, shared by the tests that check what it showed."""
+    from conftest_redis import RedisServer, required_redis_binary
+
+    directory = tmp_path_factory.mktemp("redis")
+    server = RedisServer(binary=required_redis_binary(), directory=directory)
+    server.start()
+    try:
+        return asyncio.run(run_through_outage(server))
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_while_redis_is_down_no_window_holds_more_than_the_limit_and_one_share(
+    outage_run: OutageRun,
+) -> None:
+    """From the kill on, starts booked in Redis before it and each process's local share
+    together put at most 30 + 10 arrivals in any 1 s at the server."""
+    run = outage_run
+
+    worst = run.worst_window(run.killed - 1.0, run.restarted - 1.0)
+
+    assert worst <= OUTAGE_LIMIT + OUTAGE_LIMIT // OUTAGE_PROCESSES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_after_redis_restarts_empty_no_window_holds_more_than_the_limit_and_one_share(
+    outage_run: OutageRun,
+) -> None:
+    """From the restart on, the first process back does not take the whole limit from the
+    empty Redis while the others are on their shares: at most 30 + 10 in any 1 s."""
+    run = outage_run
+
+    worst = run.worst_window(run.restarted - 1.0, math.inf)
+
+    assert worst <= OUTAGE_LIMIT + OUTAGE_LIMIT // OUTAGE_PROCESSES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_through_an_outage_every_input_succeeds(outage_run: OutageRun) -> None:
+    """No input fails and every process keeps going (each one exited 0 with outcomes)."""
+    errors = [o["error"] for run in outage_run.runs for o in run.outcomes]
+
+    assert all(run.outcomes for run in outage_run.runs)
+    assert [None] * len(errors) == errors
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_while_redis_is_down_each_process_takes_its_third_and_they_keep_going(
+    outage_run: OutageRun,
+) -> None:
+    """Each process falls back to 10 per second (it saw three on the key), and together
+    they keep going at more than half the limit after the first second of the outage."""
+    run = outage_run
+    down = run.restarted - run.killed - 1.0
+    during = bisect.bisect_left(run.times, run.restarted) - bisect.bisect_left(
+        run.times, run.killed + 1.0
+    )
+
+    for worker in run.runs:
+        assert 1 == len(logged_at(worker, "falling back to a local limit of 10 per 1.0s"))
+    assert during / down > OUTAGE_LIMIT / 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_every_process_is_back_on_the_whole_shared_limit_soon_after_the_restart(
+    outage_run: OutageRun,
+) -> None:
+    """Each process books through Redis again within 2 s of the restart (it tries every
+    0.625 s at most) and takes the whole shared limit again within 5 s (one window after
+    the last one is back; 2.7 s at most by design)."""
+    run = outage_run
+
+    back = [min(logged_at(w, "reachable again")) - run.restarted for w in run.runs]
+    whole = [min(logged_at(w, "back on the whole shared limit")) - run.restarted for w in run.runs]
+
+    assert all(0 < seconds < 2.0 for seconds in back), back
+    assert all(0 < seconds < 5.0 for seconds in whole), whole
