@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 logger = logging.getLogger("monica_async")
 
-#: Where the limit's keys live: ``<prefix>{<key>}:state``, ``:log`` and ``:peers``.
+#: Where the limit's keys live: ``<prefix>{<key>}:state``, ``:log``, ``:peers`` and ``:calls``.
 DEFAULT_PREFIX: Final = "monica-async:ratelimit:"
 DEFAULT_KEY: Final = "default"
 #: Seconds one Redis call may take before Redis counts as unavailable.
@@ -126,6 +126,10 @@ class _Clock:
         assert self._best is not None, "observe() first"
         return redis_us / _US + self._best[2]
 
+    def redis_us(self, local: float) -> int | None:
+        """The Redis time at ``time.monotonic()`` reading *local* (``None`` before any)."""
+        return None if self._best is None else round((local - self._best[2]) * _US)
+
 
 @attrs.frozen
 class _Slot:
@@ -138,6 +142,7 @@ class _Slot:
     streak: int
     peers: int
     pause_left: float
+    back: int  # limiters that called since the time asked about (0 if none was)
 
 
 @attrs.define(eq=False)
@@ -145,7 +150,7 @@ class _Script:
     """The Lua script bound to one limit's keys and numbers: one round trip per call."""
 
     client: Any
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str]
     shape: RateLimit
     peer: str
     noscript: type[Exception]
@@ -171,15 +176,19 @@ class _Script:
             self._sha = _text(await self.client.script_load(SCRIPT))
             return await self.client.evalsha(self._sha, len(self.keys), *self.keys, *argv)
 
-    async def book(self, member: str, held: _Slot | None = None) -> _Slot:
-        """Book a slot for *member*, or confirm *held* just before its start."""
+    async def book(self, member: str, held: _Slot | None = None, since: int | None = None) -> _Slot:
+        """Book a slot for *member*, or confirm *held* just before its start.
+
+        With *since* (Redis time), also count the limiters that called at or after it.
+        """
         extra = ("", "") if held is None else (held.member, held.epoch)
+        after = "" if since is None else since
         sent = time.monotonic()
-        reply = await self._call("book", member, self.peer, *extra)
+        reply = await self._call("book", member, self.peer, *extra, after)
         return self._slot(reply, sent, time.monotonic())
 
     def _slot(self, reply: list[Any], sent: float, received: float) -> _Slot:
-        wait, epoch, member, streak, peers, pause_left, now = reply
+        wait, epoch, member, streak, peers, pause_left, now, back = reply
         self.clock.observe(sent, received, int(now))
         return _Slot(
             wait=int(wait) / _US,
@@ -189,6 +198,7 @@ class _Script:
             streak=int(streak),
             peers=int(peers),
             pause_left=int(pause_left) / _US,
+            back=int(back),
         )
 
     async def pause(self, retry_after: float | None, u: float) -> tuple[float, int, int]:
@@ -309,6 +319,8 @@ class RedisRateLimit:
     _fallback: RateLimit | None = attrs.field(init=False, default=None)
     _expected_peers: int = attrs.field(init=False, default=DEFAULT_PEERS)
     _rejoin_by: float = attrs.field(init=False, default=math.inf)
+    # Redis time this limiter found Redis again, while it keeps to its local share.
+    _rejoin_since: int | None = attrs.field(init=False, default=None)
     _tasks: set[asyncio.Task[None]] = attrs.field(init=False, factory=set)
 
     def __attrs_post_init__(self) -> None:
@@ -362,10 +374,10 @@ class RedisRateLimit:
                 "redis must be a URL such as 'redis://localhost:6379/0' or a "
                 f"redis.asyncio.Redis client, got {type(self.redis).__name__}"
             )
-        tag = f"{self.prefix}{{{self.key}}}"  # one hash tag: one cluster slot for all three
+        tag = f"{self.prefix}{{{self.key}}}"  # one hash tag: one cluster slot for all four
         self._script = _Script(
             client=self._client,
-            keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers"),
+            keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers", f"{tag}:calls"),
             shape=self._shape,
             peer=uuid.uuid4().hex,
             noscript=lib.exceptions.NoScriptError,
@@ -436,7 +448,7 @@ class RedisRateLimit:
             await self._pass_locally(local)
         member = self._next_member()
         try:
-            slot = await self._run(self._script.book(member))
+            slot = await self._run(self._script.book(member, since=self._rejoin_since))
         except _Unavailable as exc:
             if local is None:
                 if self.on_unavailable == "fail":
@@ -465,7 +477,7 @@ class RedisRateLimit:
                 if left > lead:
                     await asyncio.sleep(left - lead)
                 held = slot
-                slot = await self._run(self._script.book(member, held))
+                slot = await self._run(self._script.book(member, held, self._rejoin_since))
                 if slot.member != held.member:
                     self._note_booked(slot.due)
                 confirmed = slot.member == held.member or slot.wait < _RECHECK_AFTER
@@ -548,15 +560,20 @@ class RedisRateLimit:
                 self._probing = False
         now = time.monotonic()
         if self._down_since is not None:
-            self._came_back(now)
+            self._came_back(now, self._down_since)
         if isinstance(result, _Slot):
             self._note_peers(now, result.peers)
             self._streak = result.streak
             self._note_pause(result.pause_left)
+            if self._fallback is not None and result.back >= self._expected_peers:
+                # As many limiters as were counted before the outage have called Redis
+                # since this one came back, so each of them books every start there
+                # now: a window later Redis holds every start of a window.
+                self._rejoin_by = min(self._rejoin_by, now + self._window)
         return result
 
-    def _came_back(self, now: float) -> None:
-        down_for = now - self._down_since if self._down_since is not None else 0.0
+    def _came_back(self, now: float, down_since: float) -> None:
+        down_for = now - down_since
         self._down_since = None
         if self._fallback is None or self.on_unavailable == "fail":
             # Nothing was started without Redis: what it holds (or lost) is all there is.
@@ -567,9 +584,11 @@ class RedisRateLimit:
                 down_for,
             )
             return
-        # Every sharer that is still running tries Redis at least this often; a window
-        # after the last of them is back, Redis has seen every start of a whole window.
+        # Every sharer that is still running tries Redis at least this often (a try
+        # takes up to a timeout); a window after the last of them is back, Redis has
+        # seen every start of a whole window.
         self._rejoin_by = now + _RETRY_MAX * _RETRY_JITTER + self.timeout + self._window
+        self._rejoin_since = self._script.clock.redis_us(now)
         logger.info(
             "rate limit %r: Redis is reachable again after %.1fs; keeping the local limit "
             "of %d per %ss as well until the other limiters are back (at most %.1fs)",
@@ -597,6 +616,7 @@ class RedisRateLimit:
             return local
         self._fallback = None
         self._rejoin_by = math.inf
+        self._rejoin_since = None
         logger.info("rate limit %r: back on the whole shared limit", self.key)
         return None
 
@@ -607,9 +627,6 @@ class RedisRateLimit:
         seen.append((now, peers))
         while now - seen[0][0] > _PEER_MEMORY:  # the newest answer always stays
             seen.popleft()
-        if self._fallback is not None and peers >= self._expected_peers:
-            # Every limiter counted before the outage has booked through Redis again.
-            self._rejoin_by = min(self._rejoin_by, now + self._window)
 
     def _note_booked(self, due: float) -> None:
         booked = self._booked

@@ -14,14 +14,16 @@
 -- KEYS[1]  hash: tat, nb (the shared 429 pause: "not before"), epoch (bumped each
 --          time the pause moves later), streak (429s in a row)
 -- KEYS[2]  sorted set: the log, member = booking id, score = slot
--- KEYS[3]  sorted set: limiters seen lately, member = limiter id, score = the later of
---          its last call and its latest booked slot
+-- KEYS[3]  sorted set: limiters sharing the key, member = limiter id, score = the later
+--          of its last call and its latest booked slot
+-- KEYS[4]  sorted set: limiters' last calls, member = limiter id, score = the call
 -- ARGV     mode, requests, per, margin, burst, then per mode:
---   book     member, limiter id, [held member, held epoch]
+--   book     member, limiter id, [held member, held epoch], [since]
 --            With a held booking (a caller about to start): keep it if the pause did
 --            not move since it was booked (or is already over), else give it back and
---            book again behind the pause.
---            Returns {wait, epoch, member, streak, peers, pause left, now}.
+--            book again behind the pause. With since (a time), also count the
+--            limiters that called at or after it (0 without).
+--            Returns {wait, epoch, member, streak, peers, pause left, now, called since}.
 --   pause    retry-after ('' for none), u in [0, 1), default pause, longest default
 --            Returns {pause left, epoch, streak}.
 --   success  (ends a streak of 429s) Returns 0.
@@ -33,11 +35,11 @@ if redis.replicate_commands then
     redis.replicate_commands()
 end
 
-local state, log, peers = KEYS[1], KEYS[2], KEYS[3]
+local state, log, peers, calls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode = ARGV[1]
 -- A caller that passes the wrong arguments must fail loudly, never limit wrongly.
-local arity = {book = 9, pause = 9, success = 5, cancel = 6}
-if arity[mode] == nil or #ARGV ~= arity[mode] or #KEYS ~= 3 then
+local arity = {book = 10, pause = 9, success = 5, cancel = 6}
+if arity[mode] == nil or #ARGV ~= arity[mode] or #KEYS ~= 4 then
     return redis.error_reply('monica-async rate limit script: bad call ' .. tostring(mode))
 end
 local requests = tonumber(ARGV[2])
@@ -71,6 +73,7 @@ local function expire()
     redis.call('PEXPIRE', state, ttl)
     redis.call('PEXPIRE', log, ttl)
     redis.call('PEXPIRE', peers, ttl)
+    redis.call('PEXPIRE', calls, ttl)
 end
 
 local function pause_left()
@@ -80,26 +83,34 @@ end
 if mode == 'book' then
     local member, peer = ARGV[6], ARGV[7]
     local held, held_epoch = ARGV[8], tonumber(ARGV[9])
+    local since = tonumber(ARGV[10])
 
     -- Who shares the key: the limiters that started during the last window or hold a
     -- slot after it. A limiter whose callers sleep on slots booked far ahead asks
     -- Redis less than once a window, yet it is still taking its part of the limit.
+    -- And, for a limiter back from an outage, how many have called since it came back.
     local function count_peers(slot)
         local last = tonumber(redis.call('ZSCORE', peers, peer))
         if not last or slot > last then
             redis.call('ZADD', peers, slot, peer)
         end
         redis.call('ZREMRANGEBYSCORE', peers, '-inf', now - per - margin)
-        return redis.call('ZCARD', peers)
+        redis.call('ZADD', calls, now, peer)
+        redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - per - margin)
+        local back = 0
+        if since then
+            back = redis.call('ZCOUNT', calls, since, '+inf')
+        end
+        return redis.call('ZCARD', peers), back
     end
 
     if held and held ~= '' then
         local kept = tonumber(redis.call('ZSCORE', log, held))
         if kept and (held_epoch == epoch or now >= nb) then
-            local seen = count_peers(math.max(now, kept))
+            local seen, back = count_peers(math.max(now, kept))
             expire()
             local wait = math.max(0, math.ceil(kept - now))
-            return {wait, epoch, held, streak, seen, pause_left(), now}
+            return {wait, epoch, held, streak, seen, pause_left(), now, back}
         end
         -- The pause moved while the caller slept: its slot may fall inside it.
         redis.call('ZREM', log, held)
@@ -125,9 +136,9 @@ if mode == 'book' then
     tat = math.max(tat, slot) + interval
     redis.call('ZADD', log, slot, member)
     redis.call('HSET', state, 'tat', tat)
-    local seen = count_peers(slot)
+    local seen, back = count_peers(slot)
     expire()
-    return {math.ceil(slot - now), epoch, member, streak, seen, pause_left(), now}
+    return {math.ceil(slot - now), epoch, member, streak, seen, pause_left(), now, back}
 end
 
 if mode == 'pause' then

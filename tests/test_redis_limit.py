@@ -71,7 +71,7 @@ def script_for(
     tag = f"{DEFAULT_PREFIX}{{{key or unique_key()}}}"
     return _Script(
         client=client,
-        keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers"),
+        keys=(f"{tag}:state", f"{tag}:log", f"{tag}:peers", f"{tag}:calls"),
         shape=RateLimit(requests, per, burst=burst, margin=margin),
         peer=peer,
         noscript=redis.exceptions.NoScriptError,
@@ -359,6 +359,24 @@ async def test_a_limiter_holding_a_slot_ahead_still_counts_as_a_sharer(
     assert 2 == seen.peers
 
 
+async def test_a_booking_counts_the_limiters_that_called_since_a_time_it_names(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """With ``since``, a booking also answers how many limiters called Redis at or after
+    that time, itself included. A limiter that last called before it is not counted
+    there, though it still counts as a sharer while it holds a slot ahead."""
+    key = unique_key()
+    earlier, asking = (script_for(redis_client, 1, 10.0, key=key, peer=p) for p in "ab")
+    await earlier.book("m0")
+    await earlier.book("m1")  # 10 s ahead
+    await asyncio.sleep(0.01)
+    seconds, micros = await redis_client.time()
+
+    answer = await asking.book("m2", since=seconds * US + micros)
+
+    assert (2, 1) == (answer.peers, answer.back)
+
+
 async def test_cancel_gives_a_slot_back(redis_client: redis.asyncio.Redis) -> None:
     """A cancelled booking leaves the log, so that the next caller may take its place."""
     script = script_for(redis_client, 1, 10.0)
@@ -385,7 +403,7 @@ async def test_a_call_with_the_wrong_arguments_fails_loudly(
 ) -> None:
     """The script refuses a call it does not understand instead of limiting wrongly."""
     with pytest.raises(redis.exceptions.ResponseError, match="bad call"):
-        await redis_client.eval(SCRIPT, 3, "a", "b", "c", "book", 1, 1, 0, 1)
+        await redis_client.eval(SCRIPT, 4, "a", "b", "c", "d", "book", 1, 1, 0, 1)
 
 
 # -- keys -----------------------------------------------------------------------------
@@ -402,7 +420,7 @@ async def test_every_key_is_set_to_expire(limits: Callable[..., RedisRateLimit])
     finally:
         await client.aclose()
 
-    assert set(ttls) == {"state", "log", "peers"}
+    assert set(ttls) == {"state", "log", "peers", "calls"}
     assert all(0 < ttl <= 2000 for ttl in ttls.values()), ttls
     assert ttls["state"] > 500  # the pause and one window after it
 
@@ -444,7 +462,8 @@ async def test_key_names_name_the_limit_never_the_api_key(
             stored += [str(m) for m in await redis_client.zrange(key, 0, -1)]
 
     expected = [
-        f"monica-async:ratelimit:{{monica:prod}}:{name}" for name in ("log", "peers", "state")
+        f"monica-async:ratelimit:{{monica:prod}}:{name}"
+        for name in ("calls", "log", "peers", "state")
     ]
     assert expected == keys
     assert [] == [text for text in stored if API_KEY in text]
@@ -459,7 +478,8 @@ async def test_the_prefix_is_configurable(
     await limit.acquire()
 
     keys = sorted([key.decode() async for key in redis_client.scan_iter()])
-    assert ["myapp:limits:{k}:log", "myapp:limits:{k}:peers", "myapp:limits:{k}:state"] == keys
+    expected = [f"myapp:limits:{{k}}:{name}" for name in ("calls", "log", "peers", "state")]
+    assert expected == keys
 
 
 # -- the script in Redis: SCRIPT LOAD once, EVALSHA, reload after NOSCRIPT -------------
@@ -836,6 +856,33 @@ async def test_once_every_limiter_seen_is_back_the_whole_limit_applies_a_window_
 
     assert all(wait < 0.5 for wait in waits), waits
     assert any("back on the whole shared limit" in r.getMessage() for r in caplog.records)
+
+
+async def test_after_a_blip_limiters_still_listed_in_redis_do_not_count_as_back(
+    limits: Callable[..., RedisRateLimit],
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """Redis paused for a second keeps its keys, and the other limiter is still listed
+    as a sharer when this one comes back. It is not back until it calls Redis again, so
+    this limiter keeps to its local share (3 per window) past one window."""
+    first = limits(6, 2.0, burst=6, timeout=0.3)
+    second = limits(6, 2.0, burst=6)
+    await second.acquire()
+    await first.acquire()  # sees two limiters
+    await redis_client.client_pause(1000)
+    await first.acquire()  # times out: falls back to 3 per window
+    await asyncio.sleep(1.0)
+    for _ in range(100):
+        await first.acquire()
+        if first.available:
+            break
+        await asyncio.sleep(0.05)
+    assert first.available
+    await asyncio.sleep(2.2)  # past a window: the old local starts no longer count
+
+    waits = [await first.acquire() for _ in range(4)]
+
+    assert waits[2] < 0.5 < waits[3] < 5.0
 
 
 async def test_the_local_share_is_lifted_even_if_the_others_never_come_back(
