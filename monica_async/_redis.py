@@ -266,13 +266,15 @@ class RedisRateLimit:
         prefix: Prefix of the Redis keys.
         on_unavailable: What to do while Redis cannot be reached or times out:
             ``"local"`` (default) falls back to an in-process :class:`RateLimit` at
-            *fallback_fraction* of the rate, logging one warning, until Redis is
-            back; ``"fail"`` raises :class:`RateLimiterUnavailableError` from
-            :meth:`acquire`, so no request is sent.
+            *fallback_fraction* of the rate, logging one warning, and keeps to it
+            after Redis is back until every sharer can be back too; ``"fail"``
+            raises :class:`RateLimiterUnavailableError` from :meth:`acquire`, so no
+            request is sent.
         fallback_fraction: Share of the rate each limiter takes while Redis is
-            unavailable. Default: ``1 / N`` for the *N* limiters that used *key*
-            during the last window before Redis went away (``1 / 4`` if Redis
-            never answered).
+            unavailable. Default: ``1 / N`` for the most limiters Redis counted on
+            *key* over the last 10 s before it went away (``1 / 4`` if Redis never
+            answered). A limiter counts while it has started within the last
+            window or holds a slot booked ahead.
         timeout: Seconds one Redis call may take.
 
     Raises:
