@@ -682,6 +682,8 @@ class RedisRateLimit:
             horizon = time.monotonic() - self._window
             for due in sorted(self._booked):
                 if due > horizon:
+                    # Booked at its own time, a slot enters the log as a start; later
+                    # if the share could not have held it, which only delays the next.
                     local._book(due)
             self._fallback = local
         return self._fallback
