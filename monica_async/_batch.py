@@ -19,7 +19,7 @@ from collections.abc import (
     Iterable,
     Iterator,
 )
-from typing import Final
+from typing import Final, Protocol
 
 from ._exceptions import (
     AuthenticationError,
@@ -48,6 +48,17 @@ class _Failed:
 
 
 _FINISHED: Final = _Finished()
+
+
+class Growth(Protocol):
+    """A concurrency target that a batch's pool of workers follows."""
+
+    #: Called (with no arguments) whenever the target grows.
+    listeners: set[Callable[[], None]]
+
+    def wanted(self) -> int:
+        """Workers the target can use now."""
+        ...
 
 
 class _Source:
@@ -96,17 +107,17 @@ def run_batch(
     workers: int,
     buffer: int,
     ordered: bool,
-    wanted: Callable[[], int] | None = None,
+    growth: Growth | None = None,
 ) -> AsyncGenerator[Outcome, None]:
     """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*.
 
-    With *wanted*, more workers are started whenever it asks for more than run.
+    With *growth*, more workers are started whenever it wants more than run.
 
     Raises:
         InvalidRequestError: *images* is not an iterable (at once, not on iteration).
     """
     return _run(
-        call, _Source(images), workers=workers, buffer=buffer, ordered=ordered, wanted=wanted
+        call, _Source(images), workers=workers, buffer=buffer, ordered=ordered, growth=growth
     )
 
 
@@ -117,7 +128,7 @@ async def _run(
     workers: int,
     buffer: int,
     ordered: bool,
-    wanted: Callable[[], int] | None,
+    growth: Growth | None,
 ) -> AsyncGenerator[Outcome, None]:
     channel: Channel[Outcome | _Finished | _Failed] = Channel(None if ordered else buffer)
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
@@ -140,8 +151,6 @@ async def _run(
                     break
                 index, item = pulled
                 label = item if isinstance(item, str) else repr(item)
-                if wanted is not None:
-                    grow()
                 if key_error:
                     outcome = Outcome(index=index, source=label, error=key_error[0])
                 else:
@@ -163,12 +172,16 @@ async def _run(
     tasks: list[asyncio.Task[None]] = []
 
     def grow() -> None:
-        """Start the workers the target asks for beyond those running."""
-        assert wanted is not None
-        for _ in range(wanted() - len(tasks)):
+        """Start the workers the target wants beyond those running."""
+        assert growth is not None
+        if source.exhausted:
+            return
+        for _ in range(growth.wanted() - len(tasks)):
             tasks.append(asyncio.create_task(work(), name=f"monica-worker-{len(tasks)}"))
 
     tasks += [asyncio.create_task(work(), name=f"monica-worker-{i}") for i in range(workers)]
+    if growth is not None:
+        growth.listeners.add(grow)
     pending: dict[int, Outcome] = {}
     next_index = 0
     finished = 0
@@ -190,6 +203,8 @@ async def _run(
                     lookahead.release()
                     yield outcome
     finally:
+        if growth is not None:
+            growth.listeners.discard(grow)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -375,7 +375,7 @@ class MonicaClient:
             stats.limiter_wait += waited
             started = time.monotonic()
             if auto is not None:
-                auto.started(started)
+                auto.started(started, waited)
             stats.attempts += 1
             if number > 1:
                 stats.retries += 1
@@ -541,26 +541,19 @@ class MonicaClient:
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
         ):
             raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-        auto = self._auto
-        if workers is not None or auto is None:
-            count = workers or self.max_concurrency or 1
-            wanted = None
-        else:
-            # Workers follow the automatic target, with a few spare ones waiting for a
-            # place: their wait is what tells the controller that more would be used.
-            def wanted() -> int:
-                return auto.limit + max(2, auto.limit // 8)
-
-            count = wanted()
-
-        size = 2 * (count if wanted is None else MAX_AUTO_CONCURRENCY) if buffer is None else buffer
+        growth = self._auto if workers is None else None
+        count = workers or self.max_concurrency or 1
+        if growth is not None:
+            count = growth.wanted()
+        most = count if growth is None else MAX_AUTO_CONCURRENCY
+        size = 2 * most if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
         return run_batch(
             functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
             images,
             workers=count,
-            wanted=wanted,
+            growth=growth,
             buffer=size,
             ordered=ordered,
         )

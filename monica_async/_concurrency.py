@@ -10,10 +10,13 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    ``rate * L90 * 1.15 + 2``, where ``L90`` is the 90th percentile of recent
    latencies (before the first answer, the age of the oldest attempt, a lower bound).
    The headroom covers the spread of latencies; the limiter keeps the pace.
-2. **No known rate**: slow start, as TCP does. While callers wait for a place, the
-   target grows by about half per round trip, unless the latency shows queueing
-   (Vegas-style: the recent median above twice the lowest median seen), which
-   means more in flight only waits longer on the server.
+2. **Callers waiting while the limiter has slots to spare**: slow start, as TCP
+   does. The target doubles every round trip (counted at most 2 s: a refusal comes
+   back at once, so silence means nothing was refused), unless the latency shows
+   queueing (Vegas-style: the recent median above twice the lowest median seen),
+   which means more in flight only waits longer on the server. This is how the
+   target grows when no rate is known, and how it makes up, with a known rate, for
+   the first answers being the fastest ones.
 3. **A server concurrency cap** (many image APIs answer 429 above N in flight):
    when the limiter's rate is fixed by the user, it paces below the server's rate
    limit by construction, so a 429 that came with as many in flight as any
@@ -21,9 +24,10 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    (:class:`~monica_async._ratelimit.Evidence`), is put down to the number in
    flight: the cap becomes the number the server was working on, and no one
    pauses. (An adaptive limiter instead learns the rate that fits: a cap of *C*
-   at latency *L* is a rate of *C / L*.) While callers wait at the cap it is probed upward by
-   5% (at least one place) every ``max(1 s, median latency)`` without such a 429
-   (additive increase, multiplicative decrease: AIMD on concurrency).
+   at latency *L* is a rate of *C / L*.) While callers wait at the cap it is
+   probed upward by 5% (at least one place) every ``max(1 s, median latency)``
+   without such a 429 (additive increase, multiplicative decrease: AIMD on
+   concurrency).
 
 The target never exceeds ``max_limit`` (:data:`~monica_async._config.MAX_AUTO_CONCURRENCY`
 by default) and never falls below one.
@@ -55,6 +59,12 @@ HEADROOM: Final = 1.15
 _SPARE: Final = 2
 #: Seconds over which the highest count in flight of an accepted attempt is remembered.
 _HIGH_PERIOD: Final = 5.0
+#: A limiter wait longer than this means the limiter's pace held the caller back.
+_PACED: Final = 0.002
+#: Weight of one start in the running share of starts the limiter let through at once.
+_SLACK_WEIGHT: Final = 0.1
+#: Longest round trip the slow start waits for before doubling (seconds).
+_SLOW_START_RTT: Final = 2.0
 #: The recent median latency over the lowest one that counts as queueing (Vegas).
 _QUEUEING: Final = 2.0
 
@@ -93,6 +103,8 @@ class AutoConcurrency:
         self.slots = Slots(self.limit)
         self.reason = "initial"
         self.cap: int | None = None
+        #: Called whenever the target grows (batches start workers).
+        self.listeners: set[Callable[[], None]] = set()
         self._rate = rate
         self._fixed_rate = fixed_rate
         self._evidence = Evidence()
@@ -100,6 +112,7 @@ class AutoConcurrency:
         self._next_update = 0.0
         self._first_start: float | None = None
         self._demand = False
+        self._slack = 1.0
         self._high = 0
         self._high_next = 0
         self._high_until = 0.0
@@ -110,6 +123,14 @@ class AutoConcurrency:
 
     def __repr__(self) -> str:
         return f"AutoConcurrency(limit={self.limit}, cap={self.cap}, reason={self.reason!r})"
+
+    def wanted(self) -> int:
+        """Workers a batch should run: the target and a few spare ones.
+
+        The spare ones wait for a place; their wait is what shows that more would
+        be used.
+        """
+        return self.limit + max(2, self.limit // 8)
 
     def waiting(self) -> None:
         """A caller found no free place: demand exceeds the target."""
@@ -127,10 +148,11 @@ class AutoConcurrency:
         else:
             self._ticking = False
 
-    def started(self, now: float) -> None:
-        """An attempt was let through the limiter at *now*."""
+    def started(self, now: float, limiter_wait: float) -> None:
+        """An attempt was let through the limiter at *now* after *limiter_wait* seconds."""
         if self._first_start is None:
             self._first_start = now
+        self._slack += _SLACK_WEIGHT * ((limiter_wait <= _PACED) - self._slack)
 
     def accepted(self, now: float, latency: float, in_flight: int) -> None:
         """An attempt sent with *in_flight* under way (itself included) was answered."""
@@ -183,21 +205,32 @@ class AutoConcurrency:
             high = ordered[int(0.9 * (len(ordered) - 1))]
         rate = self._rate()
         target, reason = self.limit, self.reason
-        if rate is not None and high is not None:
-            target = math.ceil(rate * high * HEADROOM) + _SPARE
-            reason = f"rate {rate:.3g}/s x latency {high:.3g} s"
-        elif rate is not None and self._first_start is not None:
-            # Nothing answered yet: the oldest attempt's age is a lower bound of latency.
-            age = now - self._first_start
-            target = max(self.limit, math.ceil(rate * age * HEADROOM) + _SPARE)
-            reason = f"rate {rate:.3g}/s x latency over {age:.3g} s"
-        elif rate is None and demand and median is not None:
+        # Callers wait for a place while the limiter lets them through at once: more in
+        # flight would be used (slow start: doubling per round trip, the round trip
+        # counted at most _SLOW_START_RTT, since a refusal comes back at once anyway).
+        starved = demand and self._slack >= 0.5
+        if median is not None:
             self._lowest_median = min(self._lowest_median, median)
-            if median <= _QUEUEING * self._lowest_median + 0.002:
-                # Slow start: doubling per round trip while callers wait.
-                grown = self.limit * 2 ** (UPDATE_EVERY / max(median, UPDATE_EVERY))
-                target = max(self.limit + 1, math.ceil(grown))
-                reason = "callers waiting, no rate known: slow start"
+            # Vegas: a median latency far above the lowest seen means the server queues.
+            starved = starved and median <= _QUEUEING * self._lowest_median + _PACED
+        rtt = _SLOW_START_RTT if median is None else min(median, _SLOW_START_RTT)
+        grown = max(self.limit + 1, math.ceil(self.limit * 2 ** (UPDATE_EVERY / max(rtt, 0.01))))
+        if rate is not None:
+            bound = high is None
+            if bound and self._first_start is not None:
+                # Nothing answered yet: the oldest attempt's age bounds the latency below.
+                high = now - self._first_start
+            little = math.ceil(rate * (high or 0.0) * HEADROOM) + _SPARE
+            if bound:
+                little = max(little, self.limit)  # a lower bound only ever raises it
+            target, reason = little, f"rate {rate:.3g}/s x latency {high or 0.0:.3g} s"
+            if starved and grown > little:
+                # The first answers are the fastest: Little's law can fall short early.
+                target, reason = grown, f"callers waiting below rate {rate:.3g}/s: growing"
+            elif demand and self.limit > little:
+                target = self.limit  # keep what was grown while callers still wait
+        elif starved:
+            target, reason = grown, "callers waiting, no rate known: slow start"
         cap = self.cap
         if cap is not None:
             interval = max(1.0, median or 0.0)
@@ -216,9 +249,13 @@ class AutoConcurrency:
     def _set(self, target: int, reason: str) -> None:
         target = max(1, min(self.max_limit, target))
         if target != self.limit:
+            grew = target > self.limit
             self.slots.resize(target - self.limit)
             self.limit = target
             self.reason = reason
+            if grew:
+                for listener in list(self.listeners):
+                    listener()
 
 
 def limiter_rate(limiter: object) -> Callable[[], float | None]:

@@ -43,6 +43,11 @@ _EVIDENCE_SHARE: Final = 0.15
 _EVIDENCE_STREAK: Final = 4
 #: A booking this far ahead means the limiter is holding callers back.
 _HELD: Final = 0.002
+#: Longest span over which an adaptive limiter measures the rate accepted (seconds).
+_MEASURE_MAX: Final = 5.0
+#: Additive increase: this share of the rate per second, at least _MIN_STEP per second.
+_STEP: Final = 0.05
+_MIN_STEP: Final = 0.1
 #: Seconds between snapshots of an adaptive limiter's counters.
 _MARK_EVERY: Final = 0.05
 #: Seconds over which callers resume after a pause when no rate is known.
@@ -353,9 +358,10 @@ class AdaptiveRateLimit(_Booking):
       server refuses at once), or of the current rate when that is lower. With
       too few answers to measure, the rate is multiplied by *decrease*.
     - **Probing**: while the limiter is what holds callers back (they wait for
-      its pace and the last second's attempts used it), the rate grows by
-      ``max(1, 5%)`` requests per second every second (additive increase), so a
-      limit that rises is found again.
+      its pace and the last second's attempts used it), the rate grows by 5%
+      every second (additive increase), so a limit that rises is found again; a
+      429 meanwhile measures it anew (at most once a second), since the pace is
+      then what the server refused.
 
     Starts are spaced evenly (GCRA without burst). This is what a client uses when
     it is given no ``rate_limit``.
@@ -432,16 +438,23 @@ class AdaptiveRateLimit(_Booking):
         self._next_mark = now + _MARK_EVERY
         marks = self._marks
         marks.append((now, self._sent, self._refused))
-        while marks[0][0] < now - 1.0:
+        while marks[0][0] < now - _MEASURE_MAX:
             marks.popleft()
 
-    def _last_second(self, now: float) -> tuple[int, int]:
-        """Attempts sent during about the last second, and those of them not refused."""
-        since = now - 1.0
+    def _last_second(self, now: float) -> tuple[float, float]:
+        """Attempts sent per second lately, and those of them not refused.
+
+        Over the last second, or longer at low rates (up to 5 s, about 20 attempts),
+        so that a rate of a few per second is not measured in whole numbers.
+        """
+        span = 1.0 if self._rate is None else min(_MEASURE_MAX, max(1.0, 20.0 / self._rate))
+        since = now - span
         for at, sent, refused in self._marks:
             if at >= since:
-                return self._sent - sent, (self._sent - sent) - (self._refused - refused)
-        return 0, 0
+                took = max(now - at, 1.0)
+                count = self._sent - sent
+                return count / took, (count - (self._refused - refused)) / took
+        return 0.0, 0.0
 
     async def on_success(self, started: float) -> None:
         """End a run of 429s; recover or probe the rate while it holds callers back."""
@@ -458,7 +471,7 @@ class AdaptiveRateLimit(_Booking):
         elapsed = min(elapsed, 1.0)
         if now - self._held > 1.0 or self._last_second(now)[0] < 0.9 * rate:
             return  # the limiter is not what holds callers back: nothing to learn
-        rate += max(1.0, 0.05 * rate) * elapsed
+        rate += max(_MIN_STEP, _STEP * rate) * elapsed
         self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
@@ -469,7 +482,10 @@ class AdaptiveRateLimit(_Booking):
         now = time.monotonic()
         self._refused += 1
         self._evidence.add(True)
-        if not self._evidence.shows_limit():
+        # While the pace is what holds callers back, a 429 is the pace's: it is
+        # measured again (at most once a second, so that odd 429s cost little).
+        paced = self._rate is not None and now - self._held <= 1.0
+        if not (self._evidence.shows_limit() or (paced and now - self._last_cut >= 1.0)):
             return 0.0
         if started >= self._last_cut:
             accepted = self._last_second(now)[1]

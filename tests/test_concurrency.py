@@ -80,7 +80,7 @@ class TestController:
         """20 requests/s at 2 s each needs about 40 in flight, with headroom."""
         auto = AutoConcurrency(16, 256, lambda: 20.0)
         now = time.monotonic()
-        auto.started(now)
+        auto.started(now, 0.0)
         for _ in range(10):
             auto.accepted(now, 2.0, 10)
         auto.update(now + 1)
@@ -90,7 +90,7 @@ class TestController:
     def test_before_any_answer_the_oldest_attempt_bounds_the_latency(self) -> None:
         """Nothing answered after 3 s means at least 3 s: the target grows already."""
         auto = AutoConcurrency(16, 256, lambda: 20.0)
-        auto.started(100.0)
+        auto.started(100.0, 0.0)
         auto.update(103.0)
         assert auto.limit >= 60
 
@@ -98,7 +98,7 @@ class TestController:
         """A huge rate asks for no more than max_limit."""
         auto = AutoConcurrency(16, 64, lambda: 1e6)
         now = time.monotonic()
-        auto.started(now)
+        auto.started(now, 0.0)
         for _ in range(10):
             auto.accepted(now, 1.0, 10)
         auto.update(now + 1)
@@ -143,7 +143,7 @@ class TestController:
         """With a fixed limiter, refusals at the top of what was accepted cap the target."""
         auto = AutoConcurrency(16, 256, lambda: 20.0, fixed_rate=True)
         now = time.monotonic()
-        auto.started(now)
+        auto.started(now, 0.0)
         for _ in range(10):
             auto.accepted(now, 2.0, 12)
         auto.update(now + 0.1)
@@ -171,7 +171,7 @@ class TestController:
         """Some time after the last refusal at the cap, waiting callers raise it by one."""
         auto = AutoConcurrency(16, 256, lambda: 100.0, fixed_rate=True)
         now = time.monotonic()
-        auto.started(now)
+        auto.started(now, 0.0)
         for _ in range(10):
             auto.accepted(now, 0.5, 8)
         for _ in range(2):

@@ -264,11 +264,11 @@ class TestAdaptive:
 
     async def test_the_rate_grows_while_it_holds_callers_back(self) -> None:
         """Callers that waited for the pace and used it let the rate probe upward."""
-        limit = RateLimit.adaptive(start=8.0, max=8.5)
+        limit = RateLimit.adaptive(start=8.0, max=8.3)
         for _ in range(9):
             await limit.acquire()
         await limit.on_success(time.monotonic())
-        assert 8.5 == limit.rate
+        assert 8.3 == limit.rate
 
     async def test_the_rate_stays_when_callers_do_not_use_it(self) -> None:
         """Successes without callers waiting for the pace teach nothing."""
