@@ -444,10 +444,13 @@ async def execute(
         return EXIT_USAGE
 
 
-def _reporter(options: RunOptions, tally: Tally, err: TextIO) -> Reporter:
+def _reporter(options: RunOptions, tally: Tally, out: TextIO, err: TextIO) -> Reporter:
     if options.verbosity < 0:
         return QuietReporter(tally, err)
-    use_bar = err.isatty() if options.progress_bar is None else options.progress_bar
+    use_bar = options.progress_bar
+    if use_bar is None:
+        # Records printed on the same terminal would tear a bar apart.
+        use_bar = err.isatty() and not (options.to_stdout and out.isatty())
     if use_bar:
         return BarReporter(tally, err)
     return PlainReporter(tally, err, options.log_interval)
@@ -502,7 +505,7 @@ async def _execute(
         log = StreamLog(out) if options.to_stdout else ResultLog(output)
         stack.callback(log.close)
         tally = Tally()
-        reporter = _reporter(options, tally, err)
+        reporter = _reporter(options, tally, out, err)
         run = _Run(options, source, log, client, limiter, reporter, tally, done)
         with log_through(reporter, options.verbosity):
             return await _drive(run, on_finish)
