@@ -26,6 +26,7 @@ from monica_async._config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_TIMEOUT,
+    MAX_AUTO_CONCURRENCY,
 )
 from monica_async._text import RATE_EXAMPLES
 from monica_async._validation import ALLOWED_SCALES
@@ -180,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--concurrency",
         type=_int_at_least(1),
-        default=DEFAULT_MAX_CONCURRENCY,
+        default=None,
         metavar="N",
-        help=f"requests in flight at once (default {DEFAULT_MAX_CONCURRENCY})",
+        help="requests (and downloads) in flight at most (default: automatic, from the "
+        f"rate and the latency, {DEFAULT_MAX_CONCURRENCY} to {MAX_AUTO_CONCURRENCY})",
     )
     run.add_argument(
         "--rate",

@@ -8,7 +8,6 @@ from typing import Final
 
 import attrs
 
-from monica_async._config import DEFAULT_MAX_CONCURRENCY
 from monica_async._text import parse_rate
 
 __all__ = ["STDOUT", "InputFormat", "RateSpec", "RunOptions", "ShardSpec", "UsageError"]
@@ -102,7 +101,8 @@ class RunOptions:
         output: The JSON Lines results file; ``-``: stdout.
         api_key: The API key (never printed).
         download_dir: Where to download results; ``None``: no downloads.
-        concurrency: Requests (and downloads) in flight at once.
+        concurrency: Requests (and downloads) in flight at most; ``None``: automatic
+            (the client's default).
         rate: The client-side rate limit; ``None``: adaptive (the client's default).
         scale: Scale factor.
         resume: Skip the inputs whose latest record in *output* is a success.
@@ -124,7 +124,7 @@ class RunOptions:
     output: Path
     api_key: str = attrs.field(repr=False)
     download_dir: Path | None = None
-    concurrency: int = DEFAULT_MAX_CONCURRENCY
+    concurrency: int | None = None
     rate: RateSpec | None = None
     scale: int = 2
     resume: bool = False

@@ -30,7 +30,12 @@ from typing import IO, Any, Final, TextIO
 from urllib.parse import urlsplit
 
 from monica_async._client import MonicaClient
-from monica_async._config import BASE_URL_ENV, DEFAULT_BASE_URL, RetryPolicy
+from monica_async._config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    MAX_AUTO_CONCURRENCY,
+    RetryPolicy,
+)
 from monica_async._download import remove_stale_temporaries
 from monica_async._exceptions import (
     APIError,
@@ -281,7 +286,8 @@ class _Run:
         self.fatal: str | None = None
         self.taken: dict[int, tuple[InputRecord, float]] = {}
         self.downloads: set[asyncio.Task[None]] = set()
-        self.download_slots = asyncio.Semaphore(options.concurrency)
+        # Automatic concurrency can grow to its ceiling: downloads may follow it.
+        self.download_slots = asyncio.Semaphore(options.concurrency or MAX_AUTO_CONCURRENCY)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -519,7 +525,7 @@ def _describe(run: _Run) -> str:
         parts.append(f"shard {options.shard}")
     if options.rate is not None:
         parts.append(f"rate {options.rate}")
-    parts.append(f"concurrency {options.concurrency}")
+    parts.append(f"concurrency {options.concurrency or 'automatic'}")
     if run.done:
         parts.append(f"resuming: {len(run.done)} already done")
     where = "stdout" if options.to_stdout else repr(str(options.output))
