@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import io
 import json
 import os
 import re
@@ -24,7 +25,8 @@ import pytest
 from aiohttp import web
 
 from monica_async.cli._main import build_parser, run_options
-from monica_async.cli._run import _client, _limiter
+from monica_async.cli._options import RunOptions
+from monica_async.cli._run import _client, _limiter, execute
 from monica_async.testing import FakeMonicaServer, Fault
 from monica_async.testing._serve import build_parser as build_serve_parser
 
@@ -264,6 +266,32 @@ async def test_very_verbose_shows_every_attempt_and_never_the_key(
         sum("-> 503" in line for line in attempts),
         KEY in result.err,
     ), result.err
+
+
+async def test_log_records_print_above_the_progress_bar(
+    server: FakeMonicaServer, tmp_path: Path
+) -> None:
+    """With a bar drawn on stderr, ``-v`` records go through it, and nothing to stdout."""
+    path, urls = _inputs(tmp_path, server, 2)
+    server.script_faults(urls[0], [Fault.HTTP_503])
+    options = RunOptions(
+        input=path,
+        output=tmp_path / "out.jsonl",
+        api_key=KEY,
+        base_url=server.base_url,
+        progress_bar=True,
+        verbosity=1,
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = await execute(options, out=out, err=err)
+    shown = err.getvalue()
+    assert (0, "", True, True, False) == (
+        code,
+        out.getvalue(),
+        "INFO monica_async: upscale " in shown and "after HTTP 503" in shown,
+        "Finished in" in shown,
+        KEY in shown,
+    ), shown
 
 
 async def test_quiet_and_verbose_together_are_refused(tmp_path: Path) -> None:
