@@ -34,6 +34,7 @@ from ._exceptions import (
     excerpt,
     status_error_class,
 )
+from ._text import without_object_reprs
 from ._validation import is_loopback_host
 from ._version import __version__
 
@@ -254,7 +255,8 @@ def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
     elif isinstance(exc, aiohttp.ClientResponseError):
         detail = f"invalid HTTP answer ({exc.message})"
     else:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        text = without_object_reprs(str(exc))
+        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return APIConnectionError(f"{method} {url} failed: {detail}", method=method, url=url)
 
 

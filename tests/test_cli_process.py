@@ -256,16 +256,16 @@ async def test_stdin_input_is_read_line_by_line(server: FakeMonicaServer, tmp_pa
     ), result.err
 
 
-async def test_plain_progress_and_summary_when_stdout_is_not_a_terminal(
+async def test_plain_progress_and_summary_on_stderr_when_it_is_not_a_terminal(
     server: FakeMonicaServer, tmp_path: Path
 ) -> None:
-    """Piped output gets plain lines (no terminal control codes) and the summary."""
+    """Piped stderr gets plain lines (no terminal control codes) and the summary."""
     path = _write_urls(tmp_path / "in.txt", _urls(server, 2))
     result = await _run("run", path, "-o", "out.jsonl", "--base-url", server.base_url, cwd=tmp_path)
     assert (False, True, True) == (
-        "\x1b[" in result.out,
-        "Finished in" in result.out,
-        "2 succeeded, 0 failed" in result.out,
+        "\x1b[" in result.err,
+        "Finished in" in result.err,
+        "2 succeeded, 0 failed" in result.err,
     )
 
 
@@ -304,7 +304,7 @@ async def test_signal_lets_in_flight_requests_finish_and_prints_the_resume_comma
         sent_before_resume = server.stats.total
         records, unreadable = _records(tmp_path / "out.jsonl")
         server.latency = None
-        hint = _resume_hint(result.out)
+        hint = _resume_hint(result.err)
         resumed = await _finish(
             await asyncio.create_subprocess_exec(
                 *hint,
@@ -348,10 +348,10 @@ async def test_second_sigint_cancels_requests_in_flight(tmp_path: Path) -> None:
         )
         await _until(lambda: server.stats.in_flight == 2, "two requests in flight")
         process.send_signal(signal.SIGINT)
-        assert process.stdout is not None
+        assert process.stderr is not None
         seen = b""
         while b"taking no more inputs" not in seen:
-            line = await asyncio.wait_for(process.stdout.readline(), PROCESS_TIMEOUT)
+            line = await asyncio.wait_for(process.stderr.readline(), PROCESS_TIMEOUT)
             assert line, "the process ended before acknowledging the first SIGINT"
             seen += line
         process.send_signal(signal.SIGINT)
@@ -360,7 +360,7 @@ async def test_second_sigint_cancels_requests_in_flight(tmp_path: Path) -> None:
     assert (130, [], True) == (
         result.code,
         records,
-        "--resume" in _resume_hint(seen.decode() + result.out),
+        "--resume" in _resume_hint(seen.decode() + result.err),
     ), result.out + result.err
 
 

@@ -188,7 +188,7 @@ async def test_exit_status_is_1_when_some_input_fails(
     server.script_faults(urls[1], [Fault.HTTP_500])
     path = _write(tmp_path / "in.txt", urls)
     result = await run_cli(path, "--base-url", server.base_url, "--retries", "0")
-    assert (1, True) == (result.code, HINT in result.out)
+    assert (1, True) == (result.code, HINT in result.err)
 
 
 async def test_summary_counts_failures_by_type(
@@ -207,10 +207,10 @@ async def test_summary_counts_failures_by_type(
         True,
     ]
     assert expected == [
-        "2 succeeded, 2 failed" in result.out,
-        "InternalServerError 1" in result.out,
-        "APIResponseValidationError 1" in result.out,
-        "results: out.jsonl" in result.out,
+        "2 succeeded, 2 failed" in result.err,
+        "InternalServerError 1" in result.err,
+        "APIResponseValidationError 1" in result.err,
+        "results: out.jsonl" in result.err,
     ]
 
 
@@ -240,7 +240,7 @@ async def test_total_is_counted_for_a_regular_file(
     async with FakeMonicaServer(api_key=api_key, process_images=False, latency=1.0) as fake:
         path = _write(tmp_path / "in.txt", ["# c", *_urls(fake, 2)])
         result = await run_cli(path, "--base-url", fake.base_url, log_interval=0.0)
-    assert "progress: 0/2 done" in result.out
+    assert "progress: 0/2 done" in result.err
 
 
 # -- resume -----------------------------------------------------------------------------
@@ -278,7 +278,7 @@ async def test_resume_with_nothing_left_sends_nothing(
         second.code,
         server.stats.total,
         len(second.records),
-        "3 skipped (already done)" in second.out,
+        "3 skipped (already done)" in second.err,
     )
 
 

@@ -4,16 +4,17 @@ It starts the fake Monica server on 127.0.0.1 (real upscaling with Pillow), draw
 sample pictures, writes an input file and runs the very code of ``monica-upscale
 run`` against the fake server, with a small rate limit and scripted faults, so
 that the progress display, the retries, the errors and the summary all show.
-Then it writes an ``index.html`` gallery of every input next to its result.
+Then it writes an ``index.html`` gallery: what happened at the top, the failures
+first, and each original beside its result at the same scale.
 
 A few inputs are meant to fail (too large, not a picture, missing): the demo
 succeeds (exit status 0) when exactly those failed and every other one succeeded.
+Like ``run``, it writes nothing to stdout: what it says goes to stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import random
@@ -23,20 +24,31 @@ from typing import Any, Final, TextIO
 
 import attrs
 
+from monica_async._stats import ClientStats
+
+from ._gallery import (
+    GALLERY,
+    INPUT_LIST,
+    INPUTS,
+    RESULTS,
+    UPSCALED,
+    GalleryRow,
+    RunFigures,
+    write_gallery,
+)
 from ._options import InputFormat, RateSpec, RunOptions, UsageError
-from ._progress import require_pillow
+from ._progress import Tally, require_pillow
 from ._run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, execute
 
-__all__ = ["run_demo"]
+__all__ = ["DEMO_MAX_COUNT", "DEMO_MIN_COUNT", "DEMO_RATE", "run_demo"]
 
-RESULTS: Final = "results.jsonl"
-INPUT_LIST: Final = "inputs.txt"
-INPUTS: Final = "inputs"
-UPSCALED: Final = "upscaled"
-GALLERY: Final = "index.html"
 #: Slow enough that the progress display has something to show, fast enough to finish soon.
 DEMO_RATE: Final = RateSpec(3, 1.0)
 DEMO_CONCURRENCY: Final = 4
+#: Four inputs fail on purpose; two more at least show what succeeds.
+DEMO_MIN_COUNT: Final = 6
+#: At DEMO_RATE, the largest demo takes about a minute and a half.
+DEMO_MAX_COUNT: Final = 200
 _FORMATS: Final = ("PNG", "JPEG", "WEBP")
 _EXTENSIONS: Final = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 
@@ -109,7 +121,8 @@ def plan_pictures(count: int, seed: int) -> list[DemoPicture]:
             missing=True,
         )
     )
-    # Spread the failures among the successes, the same way for the same seed.
+    # Spread the failures among the successes in the input, as in real life, the same
+    # way for the same seed; the gallery shows them first.
     rng.shuffle(pictures)
     return pictures
 
@@ -139,34 +152,54 @@ def _prepare(output_dir: Path) -> None:
         ) from None
 
 
+@attrs.define
+class _Finished:
+    """What the run reported when it ended."""
+
+    tally: Tally | None = None
+    stats: ClientStats | None = None
+
+    def __call__(self, tally: Tally, stats: ClientStats) -> None:
+        self.tally, self.stats = tally, stats
+
+
 async def run_demo(
     *,
     count: int = 24,
     output_dir: Path = Path("monica-demo"),
     seed: int = 7,
     progress_bar: bool | None = None,
-    out: TextIO | None = None,
+    verbosity: int = 0,
+    err: TextIO | None = None,
 ) -> int:
     """Run the demo; return the exit status (0 when it went as designed).
 
+    Everything it says goes to *err* (stderr); ``verbosity`` -1 says errors only.
+
     Raises:
-        UsageError: Pillow is missing, or *output_dir* cannot be written.
+        UsageError: Pillow is missing, *count* is out of range, or *output_dir*
+            cannot be written.
     """
-    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     require_pillow()
     from monica_async.testing import FakeMonicaServer, Fault
 
-    if count < 6:
-        raise UsageError(f"--count must be at least 6, got {count}")
+    if not DEMO_MIN_COUNT <= count <= DEMO_MAX_COUNT:
+        raise UsageError(
+            f"--count must be from {DEMO_MIN_COUNT} to {DEMO_MAX_COUNT} (four inputs fail on "
+            f"purpose), got {count}"
+        )
     _prepare(output_dir)
 
     def say(message: str = "") -> None:
-        print(message, file=out, flush=True)
+        if verbosity >= 0:
+            print(message, file=err, flush=True)
 
     say(f"Drawing {count} sample pictures...")
     pictures = plan_pictures(count, seed)
     api_key = f"demo-{random.Random(seed).getrandbits(64):016x}"
     server = FakeMonicaServer(api_key=api_key, seed=seed)
+    finished = _Finished()
     async with server:
         urls: list[str] = []
         for picture in pictures:
@@ -208,8 +241,9 @@ async def run_demo(
             input_format=InputFormat.TXT,
             log_interval=2.0,
             progress_bar=progress_bar,
+            verbosity=verbosity,
         )
-        status = await execute(options, out=out)
+        status = await execute(options, err=err, on_finish=finished)
     say()
     if status == EXIT_INTERRUPTED:
         say("Demo interrupted.")
@@ -217,8 +251,18 @@ async def run_demo(
     if status not in (EXIT_OK, EXIT_FAILED):
         return status
     records = _latest_records(output_dir / RESULTS)
-    gallery = write_gallery(output_dir, pictures, records)
-    # Line 1 of the input list is its comment: picture i is on line i + 2.
+    rows = [
+        # Line 1 of the input list is its comment: picture i is on line i + 2.
+        GalleryRow(
+            name=p.name,
+            record=records.get(i + 2, {}),
+            meant_to_fail=p.fails_because,
+            faults=tuple(name.replace("_", " ") for name in p.faults),
+        )
+        for i, p in enumerate(pictures)
+    ]
+    figures = RunFigures.of(finished.tally, finished.stats)
+    gallery = write_gallery(output_dir, rows, figures, rate=str(DEMO_RATE))
     failed = {i for i, _ in enumerate(pictures) if not records.get(i + 2, {}).get("ok")}
     expected = {i for i, p in enumerate(pictures) if p.fails_because}
     downloaded = sum(1 for r in records.values() if r.get("ok"))
@@ -227,15 +271,23 @@ async def run_demo(
     say(f"  {INPUTS}{os.sep}  the original pictures")
     say(f"  {UPSCALED}{os.sep}  {downloaded} upscaled pictures")
     say(f"  {RESULTS}  one JSON line per input")
-    say(f"  {GALLERY}  a gallery of every input next to its result: {gallery.resolve().as_uri()}")
+    say(
+        f"  {GALLERY}  what happened, each original beside its result: {gallery.resolve().as_uri()}"
+    )
     if failed == expected:
         say(
-            f"The demo went as designed: {len(expected)} inputs failed on purpose (see the "
-            "gallery for their error messages), every other one was upscaled 2x."
+            f"The demo went as designed: {len(expected)} inputs failed on purpose (the "
+            "gallery shows them first, with their error messages), every other one was "
+            "upscaled 2x."
         )
         return EXIT_OK
     surprising = sorted(pictures[i].name for i in failed ^ expected)
-    say(f"The demo did not go as designed; unexpected outcomes for: {', '.join(surprising)}")
+    print(
+        "monica-upscale: error: the demo did not go as designed; unexpected outcomes for: "
+        + ", ".join(surprising),
+        file=err,
+        flush=True,
+    )
     return EXIT_FAILED
 
 
@@ -247,72 +299,3 @@ def _latest_records(path: Path) -> dict[int, dict[str, Any]]:
                 record = json.loads(line)
                 records[int(record["line"])] = record
     return records
-
-
-def _size_of(path: Path) -> str:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as picture:
-            width, height = picture.size
-            return f"{width}x{height} {picture.format}"
-    except (OSError, ValueError):
-        return "not a picture"
-
-
-_STYLE: Final = """
-body { font-family: system-ui, sans-serif; margin: 2rem; background: #fafafa; color: #222; }
-table { border-collapse: collapse; }
-td, th { border: 1px solid #ddd; padding: .5rem; vertical-align: top; background: #fff; }
-img { max-width: 320px; max-height: 240px; display: block; image-rendering: auto; }
-.size { color: #555; font-size: .85rem; margin-top: .25rem; }
-.error { color: #a40000; max-width: 420px; white-space: pre-wrap; font-size: .9rem; }
-.ok { color: #0a6a0a; }
-"""
-
-
-def write_gallery(
-    output_dir: Path, pictures: list[DemoPicture], records: dict[int, dict[str, Any]]
-) -> Path:
-    """Write ``index.html``: every input next to its result or its error; return its path."""
-    rows: list[str] = []
-    succeeded = 0
-    for i, picture in enumerate(pictures):
-        record = records.get(i + 2, {})
-        original = output_dir / INPUTS / picture.name
-        source_cell = (
-            f'<img src="{html.escape(f"{INPUTS}/{picture.name}")}" alt="">'
-            f'<div class="size">{html.escape(picture.name)}<br>'
-            f"{html.escape(_size_of(original))}</div>"
-        )
-        if record.get("ok") and record.get("path"):
-            succeeded += 1
-            result_name = Path(str(record["path"])).name
-            result_path = output_dir / UPSCALED / result_name
-            attempts = int(record.get("attempts") or 1)
-            retried = f", after {attempts} attempts" if attempts > 1 else ""
-            result_cell = (
-                f'<img src="{html.escape(f"{UPSCALED}/{result_name}")}" alt="">'
-                f'<div class="size ok">{html.escape(_size_of(result_path))}{retried}</div>'
-            )
-        else:
-            error = record.get("error") or {}
-            status = f"HTTP {error['status']} " if error.get("status") else ""
-            code = f"{error['code']}: " if error.get("code") else ""
-            text = f"{error.get('type', 'no result')} ({status}{code}{error.get('message', '')})"
-            meant = f"\n\nMeant to fail: {picture.fails_because}." if picture.fails_because else ""
-            result_cell = f'<div class="error">{html.escape(text + meant)}</div>'
-        rows.append(f"<tr><td>{source_cell}</td><td>{result_cell}</td></tr>")
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        "<title>monica-upscale demo</title>\n"
-        f"<style>{_STYLE}</style>\n</head>\n<body>\n"
-        "<h1>monica-upscale demo</h1>\n"
-        f"<p>{succeeded} of {len(pictures)} inputs upscaled 2x; the failures are part of the "
-        "show. Results: <code>results.jsonl</code>.</p>\n"
-        "<table>\n<tr><th>input</th><th>result</th></tr>\n" + "\n".join(rows) + "\n</table>\n"
-        "</body>\n</html>\n"
-    )
-    path = output_dir / GALLERY
-    path.write_text(page, encoding="utf-8")
-    return path

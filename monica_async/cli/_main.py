@@ -1,30 +1,38 @@
 """``monica-upscale``: the command line (``run``, ``demo``, ``serve-fake``).
 
-Run it as ``monica-upscale ...`` or ``python -m monica_async ...``. Exit
-statuses: 0 every input succeeded, 1 some failed, 2 a usage or configuration
-error (one line on stderr), 130 interrupted (SIGINT or SIGTERM).
+Run it as ``monica-upscale ...`` or ``python -m monica_async ...``. stdout is for
+data (the records of ``run -o -``, the ``READY`` line of ``serve-fake``); everything
+meant for people goes to stderr. Exit statuses: 0 every input succeeded, 1 some
+failed, 2 a usage or configuration error (one line on stderr), 130 interrupted
+(SIGINT or SIGTERM), 141 the reader of ``run -o -`` went away.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from monica_async._config import (
     API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_TIMEOUT,
+    MAX_AUTO_CONCURRENCY,
 )
+from monica_async._text import RATE_EXAMPLES
 from monica_async._validation import ALLOWED_SCALES
 from monica_async._version import __version__
 
+from ._demo import DEMO_MAX_COUNT, DEMO_MIN_COUNT, DEMO_RATE
 from ._options import (
     DEFAULT_GRACE,
     InputFormat,
@@ -34,7 +42,7 @@ from ._options import (
     UsageError,
 )
 from ._progress import require_rich
-from ._run import EXIT_INTERRUPTED, EXIT_USAGE, execute, resume_command
+from ._run import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE, execute, resume_command
 
 __all__ = ["main"]
 
@@ -62,6 +70,21 @@ def _int_at_least(low: int) -> argparse._ActionType:
     return parse
 
 
+def _int_in(low: int, high: int) -> argparse._ActionType:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def _seconds(allow_zero: bool) -> argparse._ActionType:
     def parse(text: str) -> float:
         try:
@@ -76,12 +99,60 @@ def _seconds(allow_zero: bool) -> argparse._ActionType:
     return parse
 
 
+RUN_EXAMPLES: Final = f"""\
+examples:
+  {PROG} run urls.txt -o results.jsonl
+      a file of URLs (or a .csv with a url column, or .jsonl with a url field)
+  produce-urls | {PROG} run - -o - | jq -c 'select(.ok | not)'
+      URLs from stdin (-), one JSON record per input to stdout (-o -)
+  {PROG} run urls.txt -o results.jsonl --rate 60/min --download-dir upscaled/
+      at most 60 requests a minute (5/s and 10/30s work too), results downloaded
+  {PROG} run urls.txt -o results.jsonl --resume
+      after Ctrl-C or a crash: skip what succeeded, send the rest again
+  {PROG} run urls.txt -o part-0.jsonl --shard 0/4 --rate 60/min \\
+      --redis-url redis://localhost:6379/0
+      shard 0 of 4 processes that share one rate limit through Redis
+
+The API key comes from {API_KEY_ENV} or --api-key-file, never from a flag.
+stdout carries only the records (with -o -); progress, notes and the summary go
+to stderr. Exit status: 0 all succeeded, 1 some failed, 2 usage error,
+130 interrupted, 141 the reader of -o - went away."""
+
+
+def _verbosity_options(parser: argparse.ArgumentParser) -> None:
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print errors only: no banner, progress or summary",
+    )
+    loudness.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: show each retry and its reason; -vv: every HTTP attempt too (on stderr; "
+        "the API key is never shown)",
+    )
+
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress",
+        choices=["auto", "bar", "plain"],
+        default="auto",
+        help="a progress bar, or a plain line every few seconds (default auto: a bar when "
+        "stderr is a terminal)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for every subcommand."""
     parser = _Parser(
         prog=PROG,
         description="Upscale images with the Monica API, many at a time.",
-        epilog="Exit status: 0 all succeeded, 1 some failed, 2 usage error, 130 interrupted.",
+        epilog=f"Try `{PROG} demo` first: it runs offline. `{PROG} COMMAND --help` tells more.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -91,27 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="upscale every URL listed in INPUT",
         description=(
             "Upscale every URL listed in INPUT (a text file of URLs, a CSV with a url "
-            "column, or JSON Lines with a url field; - reads stdin), appending one JSON "
-            f"line per input to --output. The API key comes from {API_KEY_ENV} or "
-            "--api-key-file."
+            "column, or JSON Lines with a url field; - reads stdin), writing one JSON "
+            "line per input to --output."
         ),
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("input", metavar="INPUT", help="file of URLs, or - for stdin")
     run.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="results file (JSON Lines)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="results file, one JSON line per input (appended to with --resume); "
+        "- writes them to stdout",
     )
     run.add_argument("--download-dir", metavar="DIR", help="download each result into DIR")
     run.add_argument(
         "--concurrency",
         type=_int_at_least(1),
-        default=DEFAULT_MAX_CONCURRENCY,
+        default=None,
         metavar="N",
-        help=f"requests in flight at once (default {DEFAULT_MAX_CONCURRENCY})",
+        help="requests (and downloads) in flight at most (default: automatic, from the "
+        f"rate and the latency, {DEFAULT_MAX_CONCURRENCY} to {MAX_AUTO_CONCURRENCY})",
     )
     run.add_argument(
         "--rate",
         metavar="N/UNIT",
-        help="client-side rate limit, e.g. 60/min, 5/s, 1000/h, 10/30s (default: adaptive)",
+        help=f"client-side rate limit, e.g. {RATE_EXAMPLES}; retries count too "
+        "(default: adaptive, no limit until the server answers 429)",
     )
     run.add_argument(
         "--scale", type=int, choices=ALLOWED_SCALES, default=2, help="scale factor (default 2)"
@@ -119,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume",
         action="store_true",
-        help="skip inputs whose latest line in --output is a success",
+        help="skip inputs whose latest line in --output is a success (not with -o -)",
     )
     run.add_argument(
         "--shard", metavar="K/N", help="take only inputs whose line number is K modulo N"
@@ -127,7 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--redis-url", metavar="URL", help="share --rate between processes through this Redis"
     )
-    run.add_argument("--base-url", metavar="URL", help="API root (default: MONICA_BASE_URL)")
+    run.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"API root (default: {BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    run.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="accept a plain http:// --base-url (and result URLs) on another machine; "
+        "the API key then travels unencrypted",
+    )
     run.add_argument(
         "--retries",
         type=_int_at_least(0),
@@ -156,35 +245,41 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="format of INPUT (default: from the extension, else from the first line)",
     )
-    run.add_argument(
-        "--progress",
-        choices=["auto", "bar", "plain"],
-        default="auto",
-        help="progress bar, or plain lines (default: a bar when stdout is a terminal)",
-    )
+    _progress_option(run)
+    _verbosity_options(run)
 
     demo = commands.add_parser(
         "demo",
         help="an offline demonstration against a local fake server",
         description=(
-            "Start a fake Monica server on 127.0.0.1, make sample pictures and upscale "
+            "Start a fake Monica server on 127.0.0.1, draw sample pictures and upscale "
             "them with the real `run` code, showing retries, rate limits and errors; "
-            "write the results and an index.html gallery."
+            "write the results and an index.html gallery. Four inputs fail on purpose."
         ),
     )
     demo.add_argument(
-        "--count", type=_int_at_least(6), default=24, metavar="N", help="pictures (default 24)"
+        "--count",
+        type=_int_in(DEMO_MIN_COUNT, DEMO_MAX_COUNT),
+        default=24,
+        metavar="N",
+        help=f"pictures, {DEMO_MIN_COUNT} to {DEMO_MAX_COUNT} (default 24): four fail on "
+        f"purpose, the rest are paced at {DEMO_RATE}",
     )
     demo.add_argument(
         "--output-dir",
         default="monica-demo",
         metavar="DIR",
-        help="where to write the results (default ./monica-demo)",
+        help="where to write the pictures, results and gallery (default ./monica-demo)",
     )
-    demo.add_argument("--seed", type=int, default=7, help="seed of the pictures and faults")
     demo.add_argument(
-        "--progress", choices=["auto", "bar", "plain"], default="auto", help=argparse.SUPPRESS
+        "--seed",
+        type=int,
+        default=7,
+        metavar="N",
+        help="seed of the pictures and faults: the same seed, the same demo (default 7)",
     )
+    _progress_option(demo)
+    _verbosity_options(demo)
 
     commands.add_parser(
         "serve-fake",
@@ -214,6 +309,10 @@ def _progress(choice: str) -> bool | None:
     return {"auto": None, "bar": True, "plain": False}[choice]
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    return -1 if args.quiet else min(2, args.verbose)
+
+
 def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions:
     """Check the ``run`` arguments and turn them into :class:`RunOptions`."""
     rate = None if args.rate is None else RateSpec.parse(args.rate)
@@ -238,6 +337,8 @@ def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions
         input_format=InputFormat(args.input_format),
         resume_command=resume_hint,
         progress_bar=_progress(args.progress),
+        allow_insecure_http=args.allow_insecure_http,
+        verbosity=_verbosity(args),
     )
 
 
@@ -265,16 +366,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                     output_dir=Path(args.output_dir),
                     seed=args.seed,
                     progress_bar=_progress(args.progress),
+                    verbosity=_verbosity(args),
                 )
             )
         options = run_options(args, resume_command(_prog_for_hint(), args_list))
-        return asyncio.run(execute(options))
+        status = asyncio.run(execute(options))
+        if status == EXIT_OUTPUT_CLOSED:
+            _silence_stdout()
+        return status
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail once more."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _serve_fake(argv: list[str]) -> int:

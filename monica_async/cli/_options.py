@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import enum
-import re
 from pathlib import Path
 from typing import Final
 
 import attrs
 
-from monica_async._config import DEFAULT_MAX_CONCURRENCY
+from monica_async._text import parse_rate
 
-__all__ = ["InputFormat", "RateSpec", "RunOptions", "ShardSpec", "UsageError"]
+__all__ = ["STDOUT", "InputFormat", "RateSpec", "RunOptions", "ShardSpec", "UsageError"]
 
 DEFAULT_GRACE: Final = 10.0
-#: Seconds between two progress lines when stdout is not a terminal.
+#: Seconds between two progress lines when stderr is not a terminal.
 DEFAULT_LOG_INTERVAL: Final = 5.0
-
-_UNITS: Final = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hr": 3600.0,
-    "hour": 3600.0,
-}
-_RATE: Final = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+?)s?\s*$", re.IGNORECASE)
+#: ``--output -``: the records go to stdout.
+STDOUT: Final = "-"
 
 
 class UsageError(Exception):
@@ -88,25 +76,20 @@ class RateSpec:
 
     @classmethod
     def parse(cls, text: str) -> RateSpec:
-        """Parse ``60/min``, ``5/s``, ``1000/h``, ``10/30s`` or ``100/1.5min``.
+        """Parse ``60/min``, ``5/s``, ``1000/h``, ``10/30s``, ``100/1.5min`` or ``60/60``.
 
         Raises:
             UsageError: *text* is not of that form.
         """
-        match = _RATE.match(text)
-        unit = _UNITS.get(match.group(3).lower()) if match else None
-        if match is None or unit is None:
-            raise UsageError(f"--rate must look like 60/min, 5/s, 1000/h or 10/30s, got {text!r}")
-        requests = int(match.group(1))
-        per = float(match.group(2) or 1) * unit
-        if requests < 1 or per <= 0:
-            raise UsageError(
-                f"--rate needs at least 1 request in a window > 0 s, e.g. 60/min, got {text!r}"
-            )
+        try:
+            requests, per = parse_rate(text)
+        except ValueError as exc:
+            raise UsageError(f"--rate {exc}") from None
         return cls(requests, per)
 
     def __str__(self) -> str:
-        return f"{self.requests}/{self.per:g}s"
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per)
+        return f"{self.requests}/{unit}" if unit else f"{self.requests}/{self.per:g}s"
 
 
 @attrs.frozen(kw_only=True)
@@ -115,10 +98,11 @@ class RunOptions:
 
     Attributes:
         input: Path of the input, ``-`` for stdin.
-        output: The JSON Lines results file.
+        output: The JSON Lines results file; ``-``: stdout.
         api_key: The API key (never printed).
         download_dir: Where to download results; ``None``: no downloads.
-        concurrency: Requests (and downloads) in flight at once.
+        concurrency: Requests (and downloads) in flight at most; ``None``: automatic
+            (the client's default).
         rate: The client-side rate limit; ``None``: adaptive (the client's default).
         scale: Scale factor.
         resume: Skip the inputs whose latest record in *output* is a success.
@@ -130,15 +114,17 @@ class RunOptions:
         grace: Seconds in-flight requests get to finish after Ctrl-C.
         input_format: The input's format; ``AUTO`` detects it.
         resume_command: The command that resumes this run, printed on interruption.
-        log_interval: Seconds between progress lines when stdout is not a terminal.
-        progress_bar: Draw a progress bar (``None``: when stdout is a terminal).
+        log_interval: Seconds between progress lines when stderr is not a terminal.
+        progress_bar: Draw a progress bar (``None``: when stderr is a terminal).
+        allow_insecure_http: Accept a plain ``http://`` API root that is not loopback.
+        verbosity: -1 errors only, 0 normal, 1 retries too, 2 every attempt.
     """
 
     input: str
     output: Path
     api_key: str = attrs.field(repr=False)
     download_dir: Path | None = None
-    concurrency: int = DEFAULT_MAX_CONCURRENCY
+    concurrency: int | None = None
     rate: RateSpec | None = None
     scale: int = 2
     resume: bool = False
@@ -152,3 +138,10 @@ class RunOptions:
     resume_command: str | None = None
     log_interval: float = DEFAULT_LOG_INTERVAL
     progress_bar: bool | None = None
+    allow_insecure_http: bool = False
+    verbosity: int = 0
+
+    @property
+    def to_stdout(self) -> bool:
+        """The records stream to stdout (``--output -``)."""
+        return str(self.output) == STDOUT

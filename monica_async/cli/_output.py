@@ -15,7 +15,7 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TextIO
 from urllib.parse import unquote, urlsplit
 
 import attrs
@@ -25,7 +25,15 @@ from monica_async._exceptions import APIResponseValidationError, APIStatusError,
 from ._inputs import InputRecord
 from ._options import UsageError
 
-__all__ = ["ResultLog", "ResumeState", "download_name", "error_fields", "input_key", "read_done"]
+__all__ = [
+    "ResultLog",
+    "ResumeState",
+    "StreamLog",
+    "download_name",
+    "error_fields",
+    "input_key",
+    "read_done",
+]
 
 #: Seconds between two ``fsync`` calls on the results file.
 FSYNC_INTERVAL: Final = 1.0
@@ -129,8 +137,7 @@ class ResultLog:
 
     def write(self, record: dict[str, Any]) -> None:
         """Append *record* as one line."""
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        self._write(line.encode())
+        self._write(record_line(record).encode())
         self.lines += 1
         now = time.monotonic()
         if now - self._last_sync >= FSYNC_INTERVAL:
@@ -151,6 +158,32 @@ class ResultLog:
         finally:
             os.close(self._fd)
             self._fd = -1
+
+
+class StreamLog:
+    """``--output -``: one JSON line per record on a text stream, flushed line by line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lines = 0
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Write *record* as one line and flush it to the reader.
+
+        Raises:
+            BrokenPipeError: The reader went away (``| head``, say).
+        """
+        self.stream.write(record_line(record))
+        self.stream.flush()
+        self.lines += 1
+
+    def close(self) -> None:
+        """Nothing to close: the stream is not ours."""
+
+
+def record_line(record: dict[str, Any]) -> str:
+    """*record* as one line of JSON Lines, newline included."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 def now_iso() -> str:

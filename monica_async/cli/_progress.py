@@ -1,14 +1,17 @@
 """What the command line shows while it runs: a rich progress bar or plain log lines.
 
-rich is imported only here and only when a bar is drawn, so ``import monica_async``
-never needs it.
+All of it goes to stderr: stdout is for data. rich is imported only here and only
+when a bar is drawn, so ``import monica_async`` never needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 
@@ -19,7 +22,20 @@ from ._options import UsageError
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-__all__ = ["BarReporter", "PlainReporter", "Reporter", "Tally", "format_seconds", "require_rich"]
+__all__ = [
+    "BarReporter",
+    "PlainReporter",
+    "QuietReporter",
+    "Reporter",
+    "Tally",
+    "format_seconds",
+    "log_through",
+    "require_rich",
+]
+
+#: ``-q``, nothing, ``-v``, ``-vv``: what the library's logger shows.
+LOG_LEVELS: Final = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+LIBRARY_LOGGER: Final = "monica_async"
 
 CLI_EXTRA_HINT = 'pip install "monica-async[cli]"'
 
@@ -107,11 +123,22 @@ class Reporter:
         """Refresh with the client's latest counters (called a few times a second)."""
 
     def note(self, message: str) -> None:
-        """Print one line without disturbing the progress display."""
+        """Print one line of information without disturbing the progress display."""
+        self.alert(message)
+
+    def alert(self, message: str) -> None:
+        """Print one line that ``--quiet`` does not silence (an error)."""
         print(message, file=self.out, flush=True)
 
     def stop(self, stats: ClientStats) -> None:
         """Stop showing progress."""
+
+
+class QuietReporter(Reporter):
+    """``--quiet``: no banner, no progress, no summary; errors only."""
+
+    def note(self, message: str) -> None:
+        """Drop information."""
 
 
 class PlainReporter(Reporter):
@@ -171,7 +198,7 @@ class BarReporter(Reporter):
 
     def start(self, description: str) -> None:
         """Print what the run is about to do and draw the bar."""
-        self._progress.console.print(description, highlight=False, markup=False)
+        self.note(description)
         self._progress.start()
         self._progress.start_task(self._task)
 
@@ -185,9 +212,9 @@ class BarReporter(Reporter):
         fields: dict[str, Any] = {"detail": _detail(self.tally, stats)}
         self._progress.update(self._task, completed=self.tally.done, **fields)
 
-    def note(self, message: str) -> None:
+    def alert(self, message: str) -> None:
         """Print above the bar."""
-        self._progress.console.print(message, highlight=False, markup=False)
+        self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     def stop(self, stats: ClientStats) -> None:
         """Draw the final state and leave it on screen."""
@@ -225,3 +252,42 @@ def summary(
     if download_dir is not None:
         lines.append(f"  images: {download_dir}")
     return lines
+
+
+class _LineHandler(logging.Handler):
+    """Hands each formatted record to a function (the reporter's ``alert``)."""
+
+    def __init__(self, sink: Callable[[str], None], level: int) -> None:
+        super().__init__(level)
+        self.sink = sink
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write one record through the sink."""
+        try:
+            self.sink(self.format(record))
+        except Exception:  # a logging call must never break the run
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def log_through(reporter: Reporter, verbosity: int) -> Iterator[None]:
+    """Show the library's log records through *reporter* while the block runs.
+
+    *verbosity* is -1 (``--quiet``: errors), 0 (warnings), 1 (``-v``: retries, at
+    INFO) or 2 (``-vv``: every attempt, at DEBUG). Records go through the reporter
+    so that they print above a progress bar instead of through it. The logger's
+    level is put back afterwards.
+    """
+    level = LOG_LEVELS[max(-1, min(2, verbosity))]
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    handler = _LineHandler(reporter.alert, level)
+    previous = logger.level
+    if logger.getEffectiveLevel() > level:
+        logger.setLevel(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -5,6 +5,9 @@ The flow: inputs are streamed from a reader thread (never held in a list) into
 appended to the results file as soon as it is known. ``--resume`` skips what the
 results file says succeeded; ``--shard`` keeps one residue class of line numbers.
 
+Streams: stdout carries only data (the records, with ``--output -``); the banner,
+progress, notes, log records and summary go to stderr.
+
 Stopping: the first SIGINT or SIGTERM stops taking inputs; inputs still waiting for
 the rate limiter (or between retries) are dropped without a record, requests in
 flight get ``grace`` seconds to finish and be recorded; a second signal, or the end
@@ -17,15 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any, Final, TextIO
+from urllib.parse import urlsplit
 
 from monica_async._client import MonicaClient
-from monica_async._config import RetryPolicy
+from monica_async._config import (
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    MAX_AUTO_CONCURRENCY,
+    RetryPolicy,
+)
 from monica_async._download import remove_stale_temporaries
 from monica_async._exceptions import (
     APIError,
@@ -37,11 +47,13 @@ from monica_async._exceptions import (
 from monica_async._models import Outcome, UpscaleResult
 from monica_async._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from monica_async._stats import ClientStats
+from monica_async._validation import is_loopback_host
 
 from ._inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
 from ._options import RunOptions, UsageError
 from ._output import (
     ResultLog,
+    StreamLog,
     download_name,
     error_fields,
     input_key,
@@ -49,14 +61,31 @@ from ._output import (
     problem_record,
     read_done,
 )
-from ._progress import BarReporter, PlainReporter, Reporter, Tally, summary
+from ._progress import (
+    BarReporter,
+    PlainReporter,
+    QuietReporter,
+    Reporter,
+    Tally,
+    log_through,
+    summary,
+)
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "execute"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_OUTPUT_CLOSED",
+    "EXIT_USAGE",
+    "execute",
+]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
+#: The reader of ``--output -`` went away: the status of a process killed by SIGPIPE.
+EXIT_OUTPUT_CLOSED: Final = 141
 
 #: Seconds between two refreshes of the progress display.
 TICK: Final = 0.2
@@ -125,13 +154,45 @@ def _limiter(options: RunOptions) -> RateLimiter:
             return RedisRateLimit(
                 options.redis_url, rate.requests, per=rate.per, key=f"monica-upscale:{digest}"
             )
-        except ModuleNotFoundError as exc:
-            raise UsageError(str(exc)) from None
+        except ModuleNotFoundError:
+            raise UsageError(
+                '--redis-url needs the redis package: pip install "monica-async[redis]"'
+            ) from None
         except InvalidRequestError as exc:
-            raise UsageError(f"--redis-url: {exc}") from None
+            raise UsageError(
+                f"--redis-url must be a URL such as redis://localhost:6379/0 ({exc})"
+            ) from None
     if rate is None:
         return AdaptiveRateLimit()
     return RateLimit(rate.requests, per=rate.per)
+
+
+def _base_url(options: RunOptions) -> str:
+    """The API root to use, checked here so that a refusal names the flag to change."""
+    if options.base_url is not None:
+        url, where = options.base_url, "--base-url"
+    elif os.environ.get(BASE_URL_ENV):
+        url, where = os.environ[BASE_URL_ENV], BASE_URL_ENV
+    else:
+        return DEFAULT_BASE_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(
+            f"{where} must be an absolute http(s) URL without query or fragment, such as "
+            f"{DEFAULT_BASE_URL}, got {url!r}"
+        )
+    if _plain_http_elsewhere(url) and not options.allow_insecure_http:
+        raise UsageError(
+            f"{where} {url!r} is plain http: the API key would travel unencrypted; use "
+            "https, or add --allow-insecure-http if this network is trusted"
+        )
+    return url
+
+
+def _plain_http_elsewhere(url: str) -> bool:
+    """Tell whether *url* is plain http to another machine."""
+    parts = urlsplit(url)
+    return parts.scheme.lower() == "http" and not is_loopback_host(parts.hostname)
 
 
 def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
@@ -141,10 +202,11 @@ def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
         kwargs["timeout"] = options.timeout
     return MonicaClient(
         options.api_key,
-        base_url=options.base_url,
+        base_url=_base_url(options),
         retry=retry,
         max_concurrency=options.concurrency,
         rate_limit=limiter,
+        allow_insecure_http=options.allow_insecure_http,
         **kwargs,
     )
 
@@ -201,7 +263,7 @@ class _Run:
         self,
         options: RunOptions,
         source: InputSource,
-        log: ResultLog,
+        log: ResultLog | StreamLog,
         client: MonicaClient,
         limiter: _StoppableLimiter,
         reporter: Reporter,
@@ -218,10 +280,14 @@ class _Run:
         self.done = done
         self.stop = asyncio.Event()
         self.interrupted = False
+        #: The reader of ``--output -`` went away: nothing more can be recorded.
+        self.output_closed = False
+        self.consumer: asyncio.Task[None] | None = None
         self.fatal: str | None = None
         self.taken: dict[int, tuple[InputRecord, float]] = {}
         self.downloads: set[asyncio.Task[None]] = set()
-        self.download_slots = asyncio.Semaphore(options.concurrency)
+        # Automatic concurrency can grow to its ceiling: downloads may follow it.
+        self.download_slots = asyncio.Semaphore(options.concurrency or MAX_AUTO_CONCURRENCY)
 
     # -- inputs -------------------------------------------------------------------
 
@@ -251,7 +317,17 @@ class _Run:
 
     def write(self, line: dict[str, Any], *, ok: bool, error_type: str = "") -> None:
         """Append one record and count it."""
-        self.log.write(line)
+        if self.output_closed:
+            return
+        try:
+            self.log.write(line)
+        except BrokenPipeError:
+            # Like `yes | head`: the reader has what it wanted; stop without a fuss.
+            self.output_closed = True
+            self.request_stop()
+            if self.consumer is not None:
+                self.consumer.cancel()
+            return
         if ok:
             self.tally.succeeded += 1
         else:
@@ -287,6 +363,11 @@ class _Run:
         assert self.options.download_dir is not None
         path = self.options.download_dir / download_name(record.line, record.source, result.url)
         try:
+            if _plain_http_elsewhere(result.url) and not self.options.allow_insecure_http:
+                raise InvalidRequestError(
+                    f"the result URL is plain http from {urlsplit(result.url).hostname!r}; "
+                    "add --allow-insecure-http to download it anyway"
+                )
             await self.client.download(result, path)
         except (MonicaError, OSError) as exc:  # OSError: the local disk, not the API
             self.write(
@@ -303,7 +384,8 @@ class _Run:
         """Stop after an error that every further request would get too."""
         if self.fatal is None:
             self.fatal = (
-                f"the API refused the key ({error}); check MONICA_API_KEY or --api-key-file"
+                f"the API refused the key ({error}); check MONICA_API_KEY or --api-key-file, "
+                "and --base-url"
             )
             self.request_stop()
 
@@ -341,31 +423,61 @@ class _Run:
             self.reporter.tick(self.client.stats)
 
 
+#: Called once a run has ended, with what it counted and the client's counters.
+OnFinish = Callable[[Tally, ClientStats], None]
+
+
 async def execute(
     options: RunOptions,
     *,
     stdin: IO[bytes] | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    on_finish: OnFinish | None = None,
 ) -> int:
     """Run ``monica-upscale run`` with *options*; return the exit status.
 
-    Usage errors are printed as one line on *err* (exit status 2); nothing raises
-    for them.
+    *out* (stdout) receives only the records, and only with ``--output -``;
+    everything meant for people goes to *err* (stderr). Usage errors are printed
+    there as one line (exit status 2); nothing raises for them.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
-        return await _execute(options, stdin, out)
+        return await _execute(options, stdin, out, err, on_finish)
     except UsageError as exc:
         print(f"monica-upscale: error: {exc}", file=err, flush=True)
         return EXIT_USAGE
 
 
-async def _execute(options: RunOptions, stdin: IO[bytes] | None, out: TextIO) -> int:
+def _reporter(options: RunOptions, tally: Tally, out: TextIO, err: TextIO) -> Reporter:
+    if options.verbosity < 0:
+        return QuietReporter(tally, err)
+    use_bar = options.progress_bar
+    if use_bar is None:
+        # Records printed on the same terminal would tear a bar apart.
+        use_bar = err.isatty() and not (options.to_stdout and out.isatty())
+    if use_bar:
+        return BarReporter(tally, err)
+    return PlainReporter(tally, err, options.log_interval)
+
+
+async def _execute(
+    options: RunOptions,
+    stdin: IO[bytes] | None,
+    out: TextIO,
+    err: TextIO,
+    on_finish: OnFinish | None,
+) -> int:
     output = options.output
     done: set[int] = set()
-    if options.resume:
+    if options.to_stdout:
+        if options.resume:
+            raise UsageError(
+                "--resume reads what an earlier run wrote to --output, and -o - writes to "
+                "stdout, which cannot be read back: pass --output FILE to resume"
+            )
+    elif options.resume:
         done = read_done(output).done
     elif output.exists() and output.stat().st_size > 0:
         raise UsageError(
@@ -396,15 +508,13 @@ async def _execute(options: RunOptions, stdin: IO[bytes] | None, out: TextIO) ->
         except MonicaError as exc:
             raise UsageError(str(exc)) from None
         stack.push_async_callback(client.aclose)
-        log = ResultLog(output)
+        log = StreamLog(out) if options.to_stdout else ResultLog(output)
         stack.callback(log.close)
         tally = Tally()
-        use_bar = out.isatty() if options.progress_bar is None else options.progress_bar
-        reporter: Reporter = (
-            BarReporter(tally, out) if use_bar else PlainReporter(tally, out, options.log_interval)
-        )
+        reporter = _reporter(options, tally, out, err)
         run = _Run(options, source, log, client, limiter, reporter, tally, done)
-        return await _drive(run)
+        with log_through(reporter, options.verbosity):
+            return await _drive(run, on_finish)
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows
 
 
@@ -415,10 +525,11 @@ def _describe(run: _Run) -> str:
         parts.append(f"shard {options.shard}")
     if options.rate is not None:
         parts.append(f"rate {options.rate}")
-    parts.append(f"concurrency {options.concurrency}")
+    parts.append(f"concurrency {options.concurrency or 'automatic'}")
     if run.done:
         parts.append(f"resuming: {len(run.done)} already done")
-    return ", ".join(parts) + f"; results to {str(options.output)!r}"
+    where = "stdout" if options.to_stdout else repr(str(options.output))
+    return ", ".join(parts) + f"; results to {where}"
 
 
 def _count_in_background(run: _Run) -> None:
@@ -444,13 +555,14 @@ def _count_in_background(run: _Run) -> None:
     threading.Thread(target=count, name="monica-input-counter", daemon=True).start()
 
 
-async def _drive(run: _Run) -> int:
+async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
     loop = asyncio.get_running_loop()
     options = run.options
     run.reporter.start(_describe(run))
     if run.source.regular_file:
         _count_in_background(run)
     consumer = asyncio.create_task(run.consume(), name="monica-upscale-run")
+    run.consumer = consumer
     ticker = asyncio.create_task(run.ticker(), name="monica-upscale-progress")
     grace_timer: asyncio.TimerHandle | None = None
 
@@ -479,7 +591,7 @@ async def _drive(run: _Run) -> int:
     try:
         await consumer
     except asyncio.CancelledError:
-        if not run.interrupted:
+        if not (run.interrupted or run.output_closed):
             raise
     except UsageError as exc:
         failure = exc
@@ -498,10 +610,12 @@ async def _drive(run: _Run) -> int:
         stats: ClientStats = run.client.stats
         run.reporter.stop(stats)
     run.log.close()
+    if on_finish is not None:
+        on_finish(run.tally, stats)
     for line in summary(
         run.tally,
         stats,
-        output=str(options.output),
+        output="stdout" if options.to_stdout else str(options.output),
         download_dir=None if options.download_dir is None else str(options.download_dir),
         interrupted=run.interrupted,
     ):
@@ -510,15 +624,33 @@ async def _drive(run: _Run) -> int:
         raise failure
     if run.fatal is not None:
         raise UsageError(run.fatal)
+    # -o - cannot be resumed: no hint that would be refused.
+    hint = None if options.to_stdout else options.resume_command
+    if run.output_closed:
+        run.reporter.note("stdout was closed by its reader: stopped")
+        return EXIT_OUTPUT_CLOSED
+    quiet = options.verbosity < 0
     if run.interrupted:
-        if options.resume_command:
-            run.reporter.note(f"To resume, run:\n  {options.resume_command}")
+        if quiet:
+            run.reporter.alert(
+                "monica-upscale: interrupted" + (f"; to resume, run: {hint}" if hint else "")
+            )
+        elif hint:
+            run.reporter.note(f"To resume, run:\n  {hint}")
         return EXIT_INTERRUPTED
     if run.tally.failures:
-        if options.resume_command:
+        if quiet:
+            tally = run.tally
+            kinds = ", ".join(f"{name} {count}" for name, count in tally.failed.most_common())
+            where = "on stdout" if options.to_stdout else f"in {str(options.output)!r}"
+            run.reporter.alert(
+                f"monica-upscale: {tally.failures} of {tally.done} input(s) failed ({kinds}); "
+                f"their records {where} say why"
+                + (f"; to retry only those, run: {hint}" if hint else "")
+            )
+        elif hint:
             run.reporter.note(
-                f"{run.tally.failures} input(s) failed; to retry only those, run:\n"
-                f"  {options.resume_command}"
+                f"{run.tally.failures} input(s) failed; to retry only those, run:\n  {hint}"
             )
         return EXIT_FAILED
     return EXIT_OK

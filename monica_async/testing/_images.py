@@ -13,6 +13,8 @@ import zlib
 from functools import cache
 from typing import TYPE_CHECKING, Final
 
+from monica_async._text import without_object_reprs
+
 if TYPE_CHECKING:
     from PIL.Image import Image as Picture
 
@@ -135,7 +137,7 @@ def upscale(
         ImageError: The data is not a picture, or a size limit is exceeded.
     """
     require_pillow()
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as picture:
@@ -164,17 +166,37 @@ def upscale(
             f"input image is far too large ({exc}); the largest accepted input is "
             f"{max_input[0]}x{max_input[1]}",
         ) from None
-    # Pillow reports corrupt or unknown data with many exception types (OSError,
-    # SyntaxError, ValueError, struct.error, EOFError...); all of them mean "not a
-    # picture we can read", which is the client's 400, never the server's 500.
-    except Exception as exc:
+    except UnidentifiedImageError:
+        # Pillow's own message shows the repr of the buffer it read from.
         raise ImageError(
-            "invalid_image", f"image could not be decoded as a picture: {exc}"
+            "invalid_image",
+            f"image could not be decoded as a picture: the data ({_describe(data)}) is in "
+            "no picture format the server reads (PNG, JPEG, WebP, GIF, BMP, TIFF...)",
+        ) from None
+    # Pillow reports corrupt data with many exception types (OSError, SyntaxError,
+    # ValueError, struct.error, EOFError...); all of them mean "not a picture we can
+    # read", which is the client's 400, never the server's 500.
+    except Exception as exc:
+        reason = without_object_reprs(str(exc)) or type(exc).__name__
+        raise ImageError(
+            "invalid_image", f"image could not be decoded as a picture: {reason}"
         ) from None
     out = io.BytesIO()
     # Level 1: outputs reach 4096x4096 and the default level costs seconds for them.
     _storable(resized).save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def _describe(data: bytes) -> str:
+    """How *data* starts, for a message: its size and whether it looks like text."""
+    size = f"{len(data)} bytes"
+    try:
+        head = data[:64].decode("utf-8")
+    except UnicodeDecodeError:
+        return size
+    if all(c.isprintable() or c in "\r\n\t" for c in head):
+        return f"{size} of text"
+    return size
 
 
 def _resizable(picture: Picture) -> Picture:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import os
 import signal
 import sys
+from collections.abc import Callable
+
+from monica_async._text import RATE_EXAMPLES, parse_rate
 
 from ._server import DEFAULT_API_KEY, DEFAULT_HOST, FakeMonicaServer, Fault, Latency
 
@@ -17,24 +22,48 @@ def _latency(text: str) -> Latency:
     try:
         if "," in text:
             low, high = (float(part) for part in text.split(",", 1))
-            return (low, high)
-        return float(text)
+            if 0 <= low <= high:
+                return (low, high)
+        elif float(text) >= 0:
+            return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected seconds (0.05) or a range LOW,HIGH (0.01,0.1), got {text!r}"
-        ) from None
+        pass
+    raise argparse.ArgumentTypeError(
+        f"must be seconds >= 0 (0.05) or a range LOW,HIGH with LOW <= HIGH (0.01,0.1), got {text!r}"
+    )
 
 
 def _rate_limit(text: str) -> tuple[int, float]:
-    requests, sep, per = text.partition("/")
     try:
-        if not sep:
-            raise ValueError
-        return (int(requests), float(per))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected REQUESTS/SECONDS, e.g. 60/60, got {text!r}"
-        ) from None
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _number(low: float, high: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _integer(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _fault_kinds(text: str) -> dict[Fault, float]:
@@ -55,23 +84,50 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (%(default)s)")
-    parser.add_argument("--port", type=int, default=0, help="port; 0 lets the OS pick (default)")
-    parser.add_argument("--api-key", default=DEFAULT_API_KEY, help="accepted key (%(default)s)")
+    parser.add_argument(
+        "--port",
+        type=_integer(0, 65535, "a port from 0 to 65535"),
+        default=0,
+        help="port to listen on; 0 lets the system pick (default)",
+    )
+    parser.add_argument(
+        "--api-key", default=DEFAULT_API_KEY, help="the one API key accepted (%(default)s)"
+    )
     parser.add_argument(
         "--any-key", action="store_true", help="accept any non-empty key instead of --api-key"
     )
     parser.add_argument(
-        "--latency", type=_latency, default=None, metavar="S", help="seconds, or LOW,HIGH"
+        "--latency",
+        type=_latency,
+        default=None,
+        metavar="S",
+        help="seconds each answer takes, or a range LOW,HIGH drawn at random (default 0)",
     )
     parser.add_argument(
         "--rate-limit",
         type=_rate_limit,
         default=None,
-        metavar="N/PER",
-        help="per-key sliding window, e.g. 60/60",
+        metavar="N/UNIT",
+        help=(
+            f"answer 429 beyond N requests per sliding window and API key: {RATE_EXAMPLES} "
+            "(the syntax of run --rate; default: no limit)"
+        ),
     )
-    parser.add_argument("--max-concurrency", type=int, default=None, metavar="N")
-    parser.add_argument("--fault-rate", type=float, default=0.0, metavar="F")
+    parser.add_argument(
+        "--max-concurrency",
+        type=_integer(1, sys.maxsize, "an integer >= 1"),
+        default=None,
+        metavar="N",
+        help="answer 429 to requests beyond N handled at once (default: no limit)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=_number(0.0, 1.0, "a number from 0 to 1, e.g. 0.1"),
+        default=0.0,
+        metavar="F",
+        help="fraction of requests, 0 to 1, answered with a random fault: 429, 500, 503, "
+        "a dropped connection... (default 0)",
+    )
     parser.add_argument(
         "--faults",
         type=_fault_kinds,
@@ -79,11 +135,23 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="KIND[,KIND]",
         help="inject only these faults at --fault-rate, e.g. http_429 (default: the usual mix)",
     )
-    parser.add_argument("--retry-after", type=float, default=1.0, metavar="S")
+    parser.add_argument(
+        "--retry-after",
+        type=_number(0.0, math.inf, "a number of seconds >= 0"),
+        default=1.0,
+        metavar="S",
+        help="seconds the Retry-After header of a 429 asks for (default %(default)g)",
+    )
     parser.add_argument(
         "--no-images", action="store_true", help="answer at once without fetching or resizing"
     )
-    parser.add_argument("--seed", type=int, default=None, metavar="N")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the random faults and latencies, for a repeatable run",
+    )
     return parser
 
 
@@ -113,8 +181,16 @@ def serve_fake_main(argv: list[str] | None = None, *, prog: str | None = None) -
     try:
         asyncio.run(_serve(server))
     except ImportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(
+            f"{parser.prog}: error: cannot listen on {args.host} port {args.port}: "
+            f"{reason}; choose another --port or --host",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:  # where the loop cannot take over SIGINT (Windows)
         pass
     return 0

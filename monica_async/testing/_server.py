@@ -58,6 +58,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from monica_async._exceptions import InvalidRequestError, excerpt
+from monica_async._text import without_object_reprs
 from monica_async._validation import ALLOWED_SCALES, is_loopback_host, validate_image_url
 
 from . import _images
@@ -768,7 +769,9 @@ class FakeMonicaServer:
         except Exception as exc:
             logger.exception("fake Monica server failed on %s %s", request.method, request.path)
             response = _error_response(
-                500, "internal_error", f"the fake server failed: {type(exc).__name__}: {exc}"
+                500,
+                "internal_error",
+                f"the fake server failed: {type(exc).__name__}: {without_object_reprs(str(exc))}",
             )
         finally:
             # Decrement the current stats: reset_stats() carries in_flight over.
@@ -980,7 +983,7 @@ class FakeMonicaServer:
                         )
                 return bytes(data)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            reason = str(exc) or type(exc).__name__
+            reason = without_object_reprs(str(exc)) or type(exc).__name__
             raise _Reply(
                 400, "image_download_failed", f"could not download the image {image}: {reason}"
             ) from None
