@@ -372,6 +372,13 @@ class MonicaClient:
             await slots.acquire()
         try:
             waited = await self.rate_limit.acquire()
+            if auto is not None and slots.free < 0 and stats.in_flight >= auto.limit:
+                # The target came down while this caller waited for the limiter (a
+                # server cap was found) and as many as it allows are in flight: wait
+                # for a place within it before sending.
+                slots.release()
+                auto.waiting()
+                await slots.acquire()
             stats.limiter_wait += waited
             started = time.monotonic()
             if auto is not None:

@@ -11,7 +11,7 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    latencies (before the first answer, the age of the oldest attempt, a lower bound).
    The headroom covers the spread of latencies; the limiter keeps the pace.
 2. **Callers waiting while the limiter has slots to spare**: slow start, as TCP
-   does. The target doubles every round trip (counted at most 2 s: a refusal comes
+   does. The target doubles every round trip (counted at most 1 s: a refusal comes
    back at once, so silence means nothing was refused), unless the latency shows
    queueing (Vegas-style: the recent median above twice the lowest median seen),
    which means more in flight only waits longer on the server. This is how the
@@ -64,7 +64,7 @@ _PACED: Final = 0.002
 #: Weight of one start in the running share of starts the limiter let through at once.
 _SLACK_WEIGHT: Final = 0.1
 #: Longest round trip the slow start waits for before doubling (seconds).
-_SLOW_START_RTT: Final = 2.0
+_SLOW_START_RTT: Final = 1.0
 #: The recent median latency over the lowest one that counts as queueing (Vegas).
 _QUEUEING: Final = 2.0
 
@@ -113,6 +113,7 @@ class AutoConcurrency:
         self._first_start: float | None = None
         self._demand = False
         self._slack = 1.0
+        self._last_start = -math.inf
         self._high = 0
         self._high_next = 0
         self._high_until = 0.0
@@ -152,6 +153,7 @@ class AutoConcurrency:
         """An attempt was let through the limiter at *now* after *limiter_wait* seconds."""
         if self._first_start is None:
             self._first_start = now
+        self._last_start = now
         self._slack += _SLACK_WEIGHT * ((limiter_wait <= _PACED) - self._slack)
 
     def accepted(self, now: float, latency: float, in_flight: int) -> None:
@@ -208,7 +210,8 @@ class AutoConcurrency:
         # Callers wait for a place while the limiter lets them through at once: more in
         # flight would be used (slow start: doubling per round trip, the round trip
         # counted at most _SLOW_START_RTT, since a refusal comes back at once anyway).
-        starved = demand and self._slack >= 0.5
+        # (Not during a pause: nothing starts then, and nothing is learned.)
+        starved = demand and self._slack >= 0.5 and now - self._last_start < 2 * UPDATE_EVERY
         if median is not None:
             self._lowest_median = min(self._lowest_median, median)
             # Vegas: a median latency far above the lowest seen means the server queues.

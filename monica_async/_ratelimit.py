@@ -352,16 +352,20 @@ class AdaptiveRateLimit(_Booking):
     the ``Retry-After`` and teach the rate. The odd 429 of a busy server leaves both
     alone; only its own retry waits.
 
-    - **Measuring**: when 429s show a limit (once per burst of them), the rate
-      becomes 95% of what the server accepted during the last second (attempts
-      sent minus those refused, a measure that holds at any latency since a
-      server refuses at once), or of the current rate when that is lower. With
-      too few answers to measure, the rate is multiplied by *decrease*.
+    - **Measuring**: when 429s first show a limit, callers pause, and once the
+      pause is over (every refusal of that burst back, since a server refuses at
+      once) the rate becomes 95% of what the server accepted in the second before
+      (attempts sent minus those refused: a measure that holds at any latency).
+      Later, once per burst of 429s, the rate becomes 95% of itself times the
+      share of its attempts the server accepted lately (the last second, or up to
+      5 s at low rates); with too few attempts to measure, it is multiplied by
+      *decrease*.
     - **Probing**: while the limiter is what holds callers back (they wait for
       its pace and the last second's attempts used it), the rate grows by 5%
       every second (additive increase), so a limit that rises is found again; a
-      429 meanwhile measures it anew (at most once a second), since the pace is
-      then what the server refused.
+      429 meanwhile measures it anew (the rate times the share accepted, at most
+      once per measuring span) without pausing anyone, since the pace is then
+      what the server refused.
 
     Starts are spaced evenly (GCRA without burst). This is what a client uses when
     it is given no ``rate_limit``.
@@ -375,6 +379,7 @@ class AdaptiveRateLimit(_Booking):
     _rate: float | None = attrs.field(init=False, default=None)
     _tat: float = attrs.field(init=False, default=-math.inf)
     _last_cut: float = attrs.field(init=False, default=-math.inf)
+    _learn_from: float | None = attrs.field(init=False, default=None)
     _grown: float = attrs.field(init=False, default=-math.inf)
     _held: float = attrs.field(init=False, default=-math.inf)
     _evidence: Evidence = attrs.field(init=False, factory=Evidence)
@@ -408,12 +413,43 @@ class AdaptiveRateLimit(_Booking):
 
     async def acquire(self) -> float:
         """Wait until one more attempt may start; return the seconds waited."""
+        unpaced = self._rate is None
         waited = await super().acquire()
         now = time.monotonic()
+        if self._learn_from is not None and now >= self._pause.not_before:
+            self._learn(now, self._learn_from)
+        if unpaced and self._rate is not None:
+            # Booked before a rate was learned (during the pause): take a paced start.
+            waited += await super().acquire()
+            now = time.monotonic()
         if now >= self._next_mark:
             self._mark(now)
         self._sent += 1
         return waited
+
+    def _learn(self, now: float, window_end: float) -> None:
+        """Take as the rate 95% of what the server accepted in the second before *window_end*.
+
+        Called once the pause that followed has ended, so that the refusals of that
+        second have all come back (a server refuses at once).
+        """
+        self._learn_from = None
+        first = next((mark for mark in self._marks if mark[0] >= window_end - 1.0), None)
+        if first is None:
+            return
+        # A count over the server's window, not divided by how long the burst took:
+        # a limit of N per second lets N through however fast they came. (Nothing
+        # was sent during the pause, so the counters now are those at its start.)
+        accepted = (self._sent - first[1]) - (self._refused - first[2])
+        if accepted >= _MIN_SAMPLES:
+            self._set_rate(0.95 * accepted, now)
+
+    def _set_rate(self, rate: float, now: float) -> None:
+        # What was seen at the old rate says nothing about the new one.
+        self._evidence = Evidence()
+        self._last_cut = now
+        rate = max(self.min_rate, rate)
+        self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
 
     def _book(self, now: float) -> float:
         slot = max(now, self._pause.not_before)
@@ -441,14 +477,17 @@ class AdaptiveRateLimit(_Booking):
         while marks[0][0] < now - _MEASURE_MAX:
             marks.popleft()
 
+    def _measure_span(self, now: float) -> float:
+        """Seconds over which the rate is measured: one, longer at low rates (20 attempts)."""
+        return 1.0 if self._rate is None else min(_MEASURE_MAX, max(1.0, 20.0 / self._rate))
+
     def _last_second(self, now: float) -> tuple[float, float]:
         """Attempts sent per second lately, and those of them not refused.
 
         Over the last second, or longer at low rates (up to 5 s, about 20 attempts),
         so that a rate of a few per second is not measured in whole numbers.
         """
-        span = 1.0 if self._rate is None else min(_MEASURE_MAX, max(1.0, 20.0 / self._rate))
-        since = now - span
+        since = max(now - self._measure_span(now), self._last_cut)
         for at, sent, refused in self._marks:
             if at >= since:
                 took = max(now - at, 1.0)
@@ -483,23 +522,25 @@ class AdaptiveRateLimit(_Booking):
         self._refused += 1
         self._evidence.add(True)
         # While the pace is what holds callers back, a 429 is the pace's: it is
-        # measured again (at most once a second, so that odd 429s cost little).
+        # measured again (at most once per measuring span, so odd 429s cost little).
+        limit = self._evidence.shows_limit()
         paced = self._rate is not None and now - self._held <= 1.0
-        if not (self._evidence.shows_limit() or (paced and now - self._last_cut >= 1.0)):
+        if not (limit or (paced and now - self._last_cut >= self._measure_span(now))):
             return 0.0
-        if started >= self._last_cut:
-            accepted = self._last_second(now)[1]
-            rate = self._rate
-            if accepted >= _MIN_SAMPLES:
-                # What the server accepted in the last second, with its 429s around
-                # it, is its limit measured: pace a little under it.
-                rate = 0.95 * (accepted if rate is None else min(rate, accepted))
-            elif rate is not None:
-                rate *= self.decrease
-            if rate is not None:
-                self._last_cut = now
-                rate = max(self.min_rate, rate)
-                self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
+        rate = self._rate
+        if rate is None:
+            if self._learn_from is None:
+                self._learn_from = now  # measured once the pause is over
+        elif started >= self._last_cut:
+            sent, accepted = self._last_second(now)
+            if sent > 0 and accepted * self._measure_span(now) >= _MIN_SAMPLES:
+                # The share the server accepted of what was sent at this pace is its
+                # limit measured (a little under it after a burst that shows a limit).
+                self._set_rate((0.95 if limit else 1.0) * rate * accepted / sent, now)
+            else:
+                self._set_rate(rate * self.decrease, now)
+        if not limit:
+            return 0.0  # a slower pace is enough: no one else waits for this one
         pause = self._pause.extend(retry_after, now, started)
         self._tat = max(self._tat, self._pause.not_before)
         self._grown = max(self._grown, self._pause.not_before)

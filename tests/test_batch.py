@@ -41,11 +41,13 @@ def max_in_window(times: list[float], per: float) -> int:
 
 
 def client_tasks(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
-    """Tasks started since *before*, other than the fake server's connection handlers."""
+    """Tasks started since *before*, other than the fake server's (its connection
+    handlers, and the event loop accepting connections for it)."""
+    server_side = ("RequestHandler", "_accept_connection")
     return {
         task
         for task in asyncio.all_tasks() - before - {asyncio.current_task()}
-        if "RequestHandler" not in repr(task.get_coro())
+        if not any(name in repr(task.get_coro()) for name in server_side)
     }
 
 

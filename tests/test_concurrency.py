@@ -111,6 +111,7 @@ class TestController:
         for _ in range(10):
             auto.accepted(now, 0.2, 16)
         for step in range(1, 11):
+            auto.started(now + step * 0.1, 0.0)  # attempts flow, the limiter lets them by
             auto._demand = True
             auto.update(now + step * 0.1)
         assert auto.limit > 30

@@ -206,13 +206,16 @@ class TestAdaptive:
         assert [limit._book(now) for _ in range(100)] == [now] * 100
 
     async def test_429s_showing_a_limit_set_the_rate_to_what_the_server_accepted(self) -> None:
-        """The rate becomes 95% of the attempts of the last second the server did not refuse."""
+        """After the pause, the rate is 95% of what the server accepted in the second before."""
         limit = RateLimit.adaptive()
         for _ in range(20):
+            await asyncio.sleep(0.01)  # 20 attempts over about 0.2 s
             await limit.acquire()
         started = time.monotonic()
         for _ in range(4):  # four in a row show a limit
-            await limit.on_rate_limited(1.0, started=started)
+            await limit.on_rate_limited(0.1, started=started)
+        assert limit.rate is None  # not before every refusal of the burst is back
+        await limit.acquire()  # after the pause
         assert limit.rate == pytest.approx(0.95 * 16)
 
     async def test_an_odd_429_neither_pauses_nor_cuts(self) -> None:
