@@ -262,7 +262,9 @@ class TestAdaptive:
         for _ in range(6):
             await limit.on_rate_limited(0.0, started=sent)
         assert limit.rate == pytest.approx(7.0)  # too little accepted to measure: x0.7
-        await limit.on_rate_limited(0.0, started=time.monotonic())
+        later = time.monotonic()
+        for _ in range(4):  # a new burst, at the new rate
+            await limit.on_rate_limited(0.0, started=later)
         assert limit.rate == pytest.approx(4.9)
 
     async def test_the_rate_grows_while_it_holds_callers_back(self) -> None:
