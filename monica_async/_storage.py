@@ -245,8 +245,12 @@ def storage_error(exc: BaseException, operation: str, location: ObjectLocation) 
     elif isinstance(exc, obstore.exceptions.UnauthenticatedError) or code in _REFUSED_CODES:
         why = f"the credentials were refused ({code or 'unauthenticated'}); check {hint}"
     elif isinstance(exc, obstore.exceptions.PermissionDeniedError) or code == "AccessDenied":
-        verb = {"read": "read", "check": "write"}.get(operation, "write")
-        why = f"access denied ({code or 'forbidden'}): the credentials in use may not {verb} it"
+        verb = "read" if operation == "read" else "write"
+        if code is None:
+            # A HEAD answer has no body to say which: unknown credentials or no right.
+            why = f"access denied: the credentials were refused, or may not {verb} it; check {hint}"
+        else:
+            why = f"access denied ({code}): the credentials in use may not {verb} it"
     elif _METADATA_SERVICE.search(text):
         why = f"no credentials found; set {hint}"
     else:

@@ -67,7 +67,11 @@ class MotoServer:
 
     def _set_auth(self, requests_without_auth: bytes) -> None:
         request = urllib.request.Request(
-            f"{self.endpoint}/moto-api/reset-auth", data=requests_without_auth, method="POST"
+            f"{self.endpoint}/moto-api/reset-auth",
+            data=requests_without_auth,
+            method="POST",
+            # Not a form: moto reads the raw body.
+            headers={"Content-Type": "text/plain"},
         )
         with _DIRECT.open(request, timeout=10) as answer:
             answer.read()
