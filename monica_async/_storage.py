@@ -64,6 +64,8 @@ OBJECT_SCHEMES: Final = frozenset({"s3", "s3a", "gs", "az", "azure", "abfs", "ab
 PART_SIZE: Final = 5 * 1024 * 1024
 #: Parts of one result uploaded at once.
 UPLOAD_CONCURRENCY: Final = 2
+#: What the body is handed to the store in (see ``_continued``).
+_PIECE: Final = 1024 * 1024
 #: Presigned URLs live at least this long (seconds), whatever the retry settings...
 MIN_PRESIGN: Final = 3600.0
 #: ...and at most this long: S3's limit for a presigned URL.
@@ -544,14 +546,14 @@ async def _put_body(
         attributes: Any = {"Content-Type": _media_type(body.content_type, bytes(head[:16]))}
         try:
             if ended:
-                await obstore.put_async(store, key, bytes(head), attributes=attributes)
+                await obstore.put_async(store, key, head, attributes=attributes)
             else:
                 # The upload completes when this iterator ends, and is aborted if it
                 # raises: the body's checks run at its end, before it stops.
                 await obstore.put_async(
                     store,
                     key,
-                    _continued(bytes(head), chunks),
+                    _continued(head, chunks),
                     attributes=attributes,
                     chunk_size=PART_SIZE,
                     max_concurrency=UPLOAD_CONCURRENCY,
@@ -564,10 +566,22 @@ async def _put_body(
         await chunks.aclose()
 
 
-async def _continued(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield head
+async def _continued(head: bytearray, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """*head*, then *rest* gathered into pieces of about a MiB.
+
+    Each piece handed over costs a hop between the store's runtime and the event loop;
+    the body's own chunks are 64 KiB.
+    """
+    yield bytes(head)
+    del head[:]
+    piece = bytearray()
     async for chunk in rest:
-        yield chunk
+        piece += chunk
+        if len(piece) >= _PIECE:
+            yield bytes(piece)
+            piece.clear()
+    if piece:
+        yield bytes(piece)
 
 
 def _media_type(announced: str, first: bytes) -> str:
