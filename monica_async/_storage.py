@@ -238,12 +238,11 @@ def storage_error(exc: BaseException, operation: str, location: ObjectLocation) 
     hint = _CREDENTIAL_HINTS.get(location.family, "the store's credentials")
     bucket = location.root.split("://", 1)[1]
     if isinstance(exc, FileNotFoundError):
-        if code in ("NoSuchBucket", "ContainerNotFound") or "bucket does not exist" in text:
-            why = f"the bucket {bucket!r} does not exist"
-        elif operation == "read":
+        # A write names no object that could be missing; a HEAD answer says nothing more.
+        if operation == "read" and code not in ("NoSuchBucket", "ContainerNotFound"):
             why = "no such object (or no such bucket)"
         else:
-            why = f"the bucket {bucket!r} does not exist (or the key is not accepted)"
+            why = f"the bucket {bucket!r} does not exist"
     elif isinstance(exc, obstore.exceptions.UnauthenticatedError) or code in _REFUSED_CODES:
         why = f"the credentials were refused ({code or 'unauthenticated'}); check {hint}"
     elif isinstance(exc, obstore.exceptions.PermissionDeniedError) or code == "AccessDenied":
@@ -263,7 +262,8 @@ def storage_error(exc: BaseException, operation: str, location: ObjectLocation) 
         "stage": "staging a file at",
         "write": "writing",
         "check": "writing to",
-    }.get(operation, operation)
+        "configure": "opening a store for",
+    }[operation]
     return StorageError(
         f"{action} {location.url} failed: {why}", url=location.url, operation=operation
     )
@@ -563,7 +563,10 @@ async def _put_body(
         except Exception as exc:
             raise storage_error(exc, "write", location) from None
     finally:
-        await chunks.aclose()
+        # Cancelled while the store was reading it, the generator is suspended inside a
+        # step and cannot be closed; the response under it is released by image_body.
+        if not getattr(chunks, "ag_running", False):
+            await chunks.aclose()
 
 
 async def _continued(head: bytearray, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -153,18 +153,18 @@ class Bucket:
 
     def reader_credentials(self) -> dict[str, str]:
         """Credentials of a new IAM user that may read but not write (enforced with auth)."""
+        return self.credentials_for("s3:GetObject", "s3:ListBucket")
+
+    def credentials_for(self, *actions: str) -> dict[str, str]:
+        """Credentials of a new IAM user allowed *actions* only (enforced with auth)."""
         iam = _boto_client("iam", self.server.endpoint)
-        user = f"reader-{uuid.uuid4().hex[:8]}"
+        user = f"user-{uuid.uuid4().hex[:8]}"
         iam.create_user(UserName=user)
         policy = {
             "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"], "Resource": "*"}
-            ],
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": "*"}],
         }
-        iam.put_user_policy(
-            UserName=user, PolicyName="read-only", PolicyDocument=json.dumps(policy)
-        )
+        iam.put_user_policy(UserName=user, PolicyName="only", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         return {
             "AWS_ACCESS_KEY_ID": key["AccessKeyId"],

@@ -383,3 +383,54 @@ async def test_without_the_storage_extra_the_run_names_it(
         await _spawn(*args, "--download-dir", "s3://bucket/out/", cwd=tmp_path, env=env)
     )
     assert (2, True) == (code, 'pip install "monica-async[storage]"' in printed), printed
+
+
+async def test_output_that_may_not_be_deleted_from_still_passes_the_check(
+    run_cli: RunCli,
+    server: FakeMonicaServer,
+    bucket: Bucket,
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Write-only credentials pass the start check (its object stays) and the run goes on."""
+    urls = _write(tmp_path / "in.txt", [server.add_image(PICTURE)])
+    for name, value in bucket.credentials_for("s3:PutObject").items():
+        monkeypatch.setenv(name, value)
+    with moto_server.auth_enforced():
+        result = await run_cli(
+            urls, "--base-url", server.base_url, "--download-dir", bucket.url("o")
+        )
+    [record] = result.records
+    assert (0, [record["path"], bucket.url("o/.monica-upscale-write-check")]) == (
+        result.code,
+        [bucket.url(k) for k in bucket.keys("o/")][::-1],
+    ), result.err
+
+
+def test_file_names_that_are_not_utf8_fail_their_line(tmp_path: Path) -> None:
+    """An image whose name is not UTF-8 is an input problem, not a crash."""
+    from monica_async.cli._directory import open_directory
+
+    (tmp_path / "good.png").write_bytes(PICTURE)
+    with open(os.path.join(os.fsencode(tmp_path), b"bad-\xff.png"), "wb") as file:
+        file.write(PICTURE)
+    records = list(open_directory(str(tmp_path)).records())
+    assert [
+        (1, None, "the file name is not valid UTF-8"),
+        (2, str(tmp_path / "good.png"), None),
+    ] == [(r.line, r.url, r.problem) for r in records]
+
+
+def test_unreadable_directory_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory INPUT that cannot be listed is one usage error naming it."""
+    from monica_async.cli import _directory
+
+    def refuse(path: str) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(_directory.os, "scandir", refuse)
+    with pytest.raises(UsageError, match=r"cannot read input directory .*: Permission denied"):
+        _directory.open_directory(str(tmp_path))

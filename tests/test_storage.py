@@ -6,6 +6,7 @@ fetching the presigned URLs it is sent.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import subprocess
@@ -624,3 +625,164 @@ async def test_result_of_plain_url_is_unchanged(
     result = await client.upscale(url)
     assert isinstance(result, UpscaleResult)
     assert ([url], url) == (sent_urls(server), result.source)
+
+
+# -- edges: store errors, content types, clean-up failures ------------------------------------
+
+
+async def test_store_that_cannot_be_configured_is_a_storage_error(
+    client: MonicaClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Azure URL without an account configured: one StorageError, no network."""
+    for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_ACCOUNT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StorageError, match=r"opening a store for az://photos/cat\.png failed"):
+        await client.upscale("az://photos/cat.png")
+
+
+@pytest.mark.parametrize(
+    ("error", "operation", "says"),
+    [
+        (
+            FileNotFoundError("Object at location k not found: <Code>NoSuchKey</Code>"),
+            "read",
+            "no such object (or no such bucket)",
+        ),
+        (FileNotFoundError("<Code>NoSuchBucket</Code>"), "read", "the bucket 'b' does not exist"),
+        (
+            FileNotFoundError("Object at location k not found"),
+            "write",
+            "the bucket 'b' does not exist",
+        ),
+        (RuntimeError(""), "write", "failed: RuntimeError"),
+        (
+            RuntimeError("Generic S3 error: boom\n\nDebug source: ..."),
+            "write",
+            "failed: Generic S3 error: boom",
+        ),
+    ],
+)
+def test_store_errors_are_explained(error: Exception, operation: str, says: str) -> None:
+    """What a store's error means is said in one line, without its debug dump."""
+    from monica_async._storage import ObjectLocation, storage_error
+
+    message = str(storage_error(error, operation, ObjectLocation("s3://b", "k")))
+    assert (True, False) == (says in message, "Debug" in message)
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(100), "image/png"),
+        (b"\xff\xd8\xff\xe0" + bytes(100), "image/jpeg"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(100), "image/webp"),
+        (b"GIF89a" + bytes(100), "image/gif"),
+    ],
+)
+async def test_object_type_comes_from_the_bytes_when_not_announced(
+    client: MonicaClient, bucket: Bucket, loopback: Start, body: bytes, kind: str
+) -> None:
+    """A result served as application/octet-stream is stored with its image type."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    await client.download(await loopback(handler) + "/x", bucket.url("x"))
+    assert kind == bucket.content_type("x")
+
+
+async def test_failed_cleanup_is_logged_and_the_result_stands(
+    staging_client: MonicaClient,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A staged object that cannot be deleted is a warning naming it; the call succeeds."""
+    import obstore
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError("delete refused: https://store.test/k?sig=SECRET")
+
+    monkeypatch.setattr(obstore, "delete_async", refuse)
+    file = tmp_path / "cat.png"
+    file.write_bytes(PICTURE)
+    with caplog.at_level(logging.WARNING, logger="monica_async"):
+        result = await staging_client.upscale(file)
+    assert (str(file), True, False) == (
+        result.source,
+        "could not delete the staged object s3://" in caplog.text,
+        "SECRET" in caplog.text,
+    )
+
+
+async def test_presign_failure_after_staging_removes_the_copy(
+    staging_client: MonicaClient, bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the staged copy cannot be presigned, it is deleted and the input fails."""
+    import obstore
+
+    async def refuse(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("cannot sign")
+
+    monkeypatch.setattr(obstore, "sign_async", refuse)
+    file = tmp_path / "cat.png"
+    file.write_bytes(PICTURE)
+    with pytest.raises(StorageError, match=r"staging a file at .* failed: cannot sign"):
+        await staging_client.upscale(file)
+    assert [] == bucket.keys()
+
+
+def test_scrub_leaves_errors_without_a_body_readable() -> None:
+    """Errors without a body (a broken connection) are scrubbed too."""
+    from monica_async._storage import Prepared
+
+    secret = "http://127.0.0.1:1/b/k.png?X-Amz-Signature=abc"
+    error = APIConnectionError(f"GET {secret} failed", url="https://api.test")
+    Prepared(secret, "s3://b/k.png").scrub(error)
+    assert ("GET s3://b/k.png (presigned) failed", ("GET s3://b/k.png (presigned) failed",)) == (
+        error.message,
+        error.args,
+    )
+
+
+async def test_file_url_of_another_host_is_refused(staging_client: MonicaClient) -> None:
+    """file://host/... names another machine's file: refused before anything is uploaded."""
+    with pytest.raises(InvalidRequestError, match="file URL of another host"):
+        await staging_client.upscale("file://elsewhere/photos/cat.png")
+
+
+async def test_longest_store_location_wins(server: FakeMonicaServer, bucket: Bucket) -> None:
+    """With stores for a bucket and for a prefix in it, the prefix's store serves the prefix."""
+    from obstore.store import S3Store
+
+    stores = {bucket.url(): S3Store(bucket.name), bucket.url("results/"): S3Store(bucket.name)}
+    async with MonicaClient(KEY, base_url=server.base_url, stores=stores) as api:
+        result = await api.upscale(server.add_image(PICTURE))
+        await api.download(result, bucket.url("results/a.png"))
+        await api.download(result, bucket.url("b.png"))
+    # The prefix's store is rooted at the bucket here, so its keys lose "results/".
+    assert ["a.png", "b.png"] == bucket.keys()
+
+
+async def test_cancelled_download_to_a_bucket_leaves_no_object(
+    client: MonicaClient, bucket: Bucket, loopback: Start
+) -> None:
+    """Cancelled in the middle of a multipart upload: no object appears."""
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(png_of_size(PART_SIZE + 1000))
+        started.set()
+        await asyncio.sleep(30)
+        return response
+
+    url = await loopback(handler) + "/slow.png"
+    task = asyncio.create_task(client.download(url, bucket.url("slow.png")))
+    await asyncio.wait_for(started.wait(), timeout=10)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [] == bucket.keys()
