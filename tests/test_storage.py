@@ -338,13 +338,13 @@ async def test_staged_file_is_deleted_after_retries_run_out(
 async def test_batch_of_files_leaves_the_staging_prefix_empty(
     staging_client: MonicaClient, bucket: Bucket, tmp_path: Path
 ) -> None:
-    """Every file of a batch is staged and cleaned up; outcomes name the files."""
+    """Every file of a batch (as Path objects) is staged and cleaned up; outcomes name them."""
     files = []
     for i in range(5):
         file = tmp_path / f"p{i}.png"
         file.write_bytes(PICTURE)
         files.append(str(file))
-    outcomes = await staging_client.upscale_all(files)
+    outcomes = await staging_client.upscale_all([Path(f) for f in files])
     assert ([True] * 5, files, []) == (
         [o.ok for o in outcomes],
         [o.source for o in outcomes],
