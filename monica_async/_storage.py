@@ -36,7 +36,7 @@ import attrs
 from . import _download, _retry
 from ._config import RetryPolicy
 from ._exceptions import APIError, InvalidRequestError, MonicaError, StorageError, excerpt
-from ._http import loggable_url
+from ._http import EnvProxies, loggable_url
 from ._validation import validate_image_url
 
 if TYPE_CHECKING:
@@ -481,13 +481,15 @@ class Storage:
         timeout: aiohttp.ClientTimeout,
         policy: RetryPolicy,
         allow_insecure_http: bool,
+        proxies: EnvProxies | None = None,
     ) -> str:
         """Stream the image at *url* into the object *target*; return *target*.
 
         A result of at most :data:`PART_SIZE` bytes is written in one put, a larger one
         as a multipart upload completed only once the whole image arrived and passed
-        the download checks; the upload is aborted otherwise. No partial object is
-        ever visible. Failures of the download are retried like API calls.
+        the download's checks (``_download.ImageBody``, the same as for a file); the
+        upload is aborted otherwise. No partial object is ever visible. Failures of the
+        download, a body cut short included, are retried like API calls.
 
         Raises:
             StorageError: The store refused the write.
@@ -496,9 +498,12 @@ class Storage:
         location = ObjectLocation.parse(target, what="path")
         url = _download.checked_source(url, allow_insecure_http)
         store, key = self.store_for(location)
+        proxy = None if proxies is None else proxies.for_url(url)
 
         async def attempt(number: int) -> str:
-            async with _download.image_body(session, url, limit=limit, timeout=timeout) as body:
+            async with _download.image_body(
+                session, url, limit=limit, timeout=timeout, proxy=proxy
+            ) as body:
                 await _put_body(store, key, body, location)
             return target
 
@@ -544,12 +549,16 @@ async def _put_body(
                 ended = False
                 break
         attributes: Any = {"Content-Type": _media_type(body.content_type, bytes(head[:16]))}
+        if ended:
+            await body.confirm(head)
         try:
             if ended:
                 await obstore.put_async(store, key, head, attributes=attributes)
             else:
                 # The upload completes when this iterator ends, and is aborted if it
-                # raises: the body's checks run at its end, before it stops.
+                # raises: the body's checks run at its end, before it stops. (A body
+                # only Pillow could vouch for, a TIFF without Content-Length, is
+                # taken as it came: its bytes are not kept to decode.)
                 await obstore.put_async(
                     store,
                     key,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -786,3 +787,66 @@ async def test_cancelled_download_to_a_bucket_leaves_no_object(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [] == bucket.keys()
+
+
+# -- the download's completeness checks hold for objects too ----------------------------------
+
+
+def unsized(body: bytes, content_type: str = "image/png") -> Callable[[web.Request], Any]:
+    """Send *body* with neither Content-Length nor chunking, ending it by closing."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        request.transport.close()
+        return web.Response()
+
+    return handler
+
+
+def big_png(size: int) -> bytes:
+    """A real PNG of about *size* bytes (noise does not compress), ending with IEND."""
+    side = int((size / 3) ** 0.5) + 1
+    picture = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    out = io.BytesIO()
+    picture.save(out, "PNG", compress_level=0)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("size", [20_000, PART_SIZE + 100_000], ids=["one-put", "multipart"])
+async def test_image_cut_short_without_content_length_leaves_no_object(
+    client: MonicaClient, bucket: Bucket, loopback: Start, size: int
+) -> None:
+    """No Content-Length and no PNG end: cut short, retried, and nothing is written."""
+    url = await loopback(unsized(big_png(size)[: size // 2])) + "/x.png"
+    with pytest.raises(APIConnectionError, match="cut short"):
+        await client.download(url, bucket.url("x.png"))
+    assert ([], 0) == (bucket.keys(), bucket.open_uploads())
+
+
+@pytest.mark.parametrize("size", [20_000, PART_SIZE + 100_000], ids=["one-put", "multipart"])
+async def test_whole_image_without_content_length_is_written(
+    client: MonicaClient, bucket: Bucket, loopback: Start, size: int
+) -> None:
+    """No Content-Length, but the PNG ends where it should: the object is written whole."""
+    body = big_png(size)
+    await client.download(await loopback(unsized(body)) + "/x.png", bucket.url("x.png"))
+    assert body == bucket.read("x.png")
+
+
+async def test_small_image_only_pillow_can_vouch_for_is_decoded_first(
+    client: MonicaClient, bucket: Bucket, loopback: Start
+) -> None:
+    """A BMP without Content-Length is decoded before its put: a cut one is refused."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, "BMP")
+    bmp = out.getvalue()
+    whole = await loopback(unsized(bmp, "image/bmp")) + "/whole.bmp"
+    cut = await loopback(unsized(bmp[:2000], "image/bmp")) + "/cut.bmp"
+    await client.download(whole, bucket.url("whole.bmp"))
+    with pytest.raises(APIConnectionError, match="cut short"):
+        await client.download(cut, bucket.url("cut.bmp"))
+    assert (["whole.bmp"], bmp) == (bucket.keys(), bucket.read("whole.bmp"))
