@@ -505,10 +505,10 @@ async def _execute(
             ) from None
         # What a killed run was writing; a live run's files are locked and stay.
         remove_stale_temporaries(options.download_dir)
-    await _check_storage(options)
     async with contextlib.AsyncExitStack() as stack:
         source = _open_source(options, sys.stdin.buffer if stdin is None else stdin)
         stack.callback(source.close)
+        await _check_storage(options)
         inner = _limiter(options)
         stack.push_async_callback(inner.aclose)
         limiter = _StoppableLimiter(inner)
