@@ -236,7 +236,7 @@ async def test_directory_input_is_walked_for_images(
         result.code,
         sorted((r["line"], r["source"]) for r in result.records if r["ok"]),
         bucket.keys("tmp/"),
-        "(directory)" in result.out,
+        "(directory)" in result.err,
     ), result.out + result.err
 
 

@@ -114,6 +114,10 @@ examples:
   {PROG} run urls.txt -o part-0.jsonl --shard 0/4 --rate 60/min \\
       --redis-url redis://localhost:6379/0
       shard 0 of 4 processes that share one rate limit through Redis
+  {PROG} run photos/ -o results.jsonl --staging s3://bucket/tmp/ \\
+      --download-dir s3://bucket/upscaled/
+      the images of a folder, staged in a bucket to be sent, results to the bucket
+      (the storage extra; credentials from AWS_ACCESS_KEY_ID etc.)
 
 The API key comes from {API_KEY_ENV} or --api-key-file, never from a flag.
 stdout carries only the records (with -o -); progress, notes and the summary go
@@ -165,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Upscale every URL listed in INPUT (a text file of URLs, a CSV with a url "
             "column, or JSON Lines with a url field; - reads stdin), writing one JSON "
-            "line per input to --output."
+            "line per input to --output. An input may also be an object URL (s3://, "
+            "gs://, az://) or, with --staging, a local file; INPUT may be a directory "
+            "of images."
         ),
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
