@@ -29,6 +29,7 @@ from . import (
     bench_memory,
     bench_overhead,
     bench_ratelimited,
+    bench_storage,
     bench_throughput,
 )
 from ._common import Json
@@ -45,13 +46,24 @@ MODULES: dict[str, ModuleType] = {
         bench_concurrency,
         bench_memory,
         bench_faults,
+        bench_storage,
     )
 }
 #: Benchmarks whose figures do not hinge on a quiet CPU: paced by rate limits and
 #: timers, or measuring memory. Under --quick they run side by side, each in its own
 #: process with its own fake server, to stay under a minute (their figures get noisier).
 QUICK_SIDE_BY_SIDE = ("memory", "limiter", "429", "faults")
-PACKAGES = ("monica-async", "aiohttp", "attrs", "tenacity", "aiolimiter", "aiometer", "httpx")
+PACKAGES = (
+    "monica-async",
+    "aiohttp",
+    "attrs",
+    "tenacity",
+    "aiolimiter",
+    "aiometer",
+    "httpx",
+    "obstore",
+    "moto",
+)
 
 
 def machine() -> Json:

@@ -27,6 +27,7 @@ from ._exceptions import (
     PermissionDeniedError,
     RateLimitError,
     RateLimiterUnavailableError,
+    StorageError,
     UnprocessableEntityError,
 )
 from ._models import Outcome, UpscaleResult
@@ -63,6 +64,7 @@ __all__ = [
     "RateLimiterUnavailableError",
     "RedisRateLimit",
     "RetryPolicy",
+    "StorageError",
     "UnprocessableEntityError",
     "UpscaleResult",
     "__version__",

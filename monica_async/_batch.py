@@ -10,6 +10,7 @@ target asks for more.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -100,6 +101,13 @@ class _Source:
         return index, item
 
 
+def _label(item: object) -> str:
+    """How an input that is not a string shows in its outcome: a path as a path."""
+    if isinstance(item, os.PathLike):
+        return os.fsdecode(item)
+    return repr(item)
+
+
 def run_batch(
     call: Callable[[str], Awaitable[UpscaleResult]],
     images: Iterable[object] | AsyncIterable[object],
@@ -150,7 +158,7 @@ async def _run(
                         lookahead.release()
                     break
                 index, item = pulled
-                label = item if isinstance(item, str) else repr(item)
+                label = item if isinstance(item, str) else _label(item)
                 if key_error:
                     outcome = Outcome(index=index, source=label, error=key_error[0])
                 else:

@@ -8,15 +8,16 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self, overload
 from urllib.parse import urlsplit
 
 import aiohttp
+import attrs
 
-from . import _download, _retry
+from . import _download, _retry, _storage
 from ._batch import run_batch
 from ._concurrency import AutoConcurrency, Blame, limiter_rate
 from ._config import (
@@ -61,9 +62,15 @@ from ._ratelimit import AdaptiveRateLimit, RateLimiter
 from ._stats import ClientStats, StatsRecorder
 from ._validation import is_loopback_host, validate_image_url, validate_scale
 
+if TYPE_CHECKING:
+    from obstore.store import ObjectStore
+
 __all__ = ["MonicaClient"]
 
 logger = logging.getLogger("monica_async")
+
+#: Inputs starting so are URLs: the batch's fast path, no storage involved.
+_WEB_PREFIXES: Final = ("https://", "http://")
 
 
 class _State(enum.Enum):
@@ -108,6 +115,13 @@ class MonicaClient:
         headers: Extra headers for API calls.
         allow_insecure_http: Allow ``http://`` for hosts other than loopback.
         max_download_bytes: Largest image :meth:`download` accepts.
+        staging: Where local files are uploaded before being sent, as an object URL
+            prefix such as ``"s3://bucket/tmp/"`` (the ``storage`` extra). Without it a
+            local path is refused.
+        stores: obstore stores to use for object URLs, by the bucket (or prefix) URL
+            they are rooted at, e.g. ``{"s3://photos": S3Store("photos", ...)}``.
+            Other buckets get a store configured from the environment
+            (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...).
 
     Raises:
         MonicaError: No API key was given or found in the environment.
@@ -127,6 +141,8 @@ class MonicaClient:
         headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool = False,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        staging: str | None = None,
+        stores: Mapping[str, ObjectStore] | None = None,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
         self.base_url = self._check_base_url(
@@ -155,6 +171,7 @@ class MonicaClient:
         self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
         self.allow_insecure_http = allow_insecure_http
         self.max_download_bytes = byte_limit("max_download_bytes", max_download_bytes)
+        self._storage = _storage.Storage.configure(staging, stores)
         self._extra_headers = dict(headers or {})
         for name in self._extra_headers:
             if name.lower() == "authorization":
@@ -283,7 +300,7 @@ class MonicaClient:
 
     async def upscale(
         self,
-        image: str,
+        image: str | os.PathLike[str],
         *,
         scale: int = 2,
         timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
@@ -292,23 +309,48 @@ class MonicaClient:
         """Upscale the image at *image* and return where the result is.
 
         Args:
-            image: Absolute http(s) URL of the original image.
+            image: Absolute http(s) URL of the original image; or an object URL
+                (``s3://``, ``gs://``, ``az://``), sent as a presigned URL; or, with a
+                ``staging`` location, a local file, uploaded there, sent presigned and
+                deleted once the call is over.
             scale: Scale factor, one of ``ALLOWED_SCALES``.
             timeout: Per-attempt timeout for this call.
             retry: Retry policy for this call.
 
         Raises:
             InvalidRequestError: *image* or *scale* is invalid (nothing was sent).
+            StorageError: The object could not be read or the file not staged.
             APIStatusError: The server refused (a subclass per status).
             APIConnectionError: The server could not be reached (after retries).
             APIResponseValidationError: The server's 200 broke the contract.
         """
-        return await self._upscale(
-            image,
-            scale=validate_scale(scale),
-            timeout=self._timeout_for(timeout),
-            policy=self.retry if retry is USE_CLIENT_DEFAULT else retry,
-        )
+        scale = validate_scale(scale)
+        resolved = self._timeout_for(timeout)
+        policy = self.retry if retry is USE_CLIENT_DEFAULT else retry
+        if type(image) is str and image.startswith(_WEB_PREFIXES):
+            return await self._upscale(image, scale=scale, timeout=resolved, policy=policy)
+        call = functools.partial(self._upscale, scale=scale, timeout=resolved, policy=policy)
+        return await self._upscale_stored(image, call, policy, resolved)
+
+    async def _upscale_stored(
+        self,
+        image: object,
+        call: Callable[[str], Awaitable[UpscaleResult]],
+        policy: RetryPolicy,
+        timeout: aiohttp.ClientTimeout,
+    ) -> UpscaleResult:
+        """Upscale an object or a local file: presigned, staged, cleaned up after."""
+        prepared = await self._storage.prepare(image, _storage.presign_seconds(policy, timeout))
+        if prepared is None:
+            return await call(image)  # type: ignore[arg-type]  # _upscale checks it
+        try:
+            result = await call(prepared.url)
+        except MonicaError as exc:
+            prepared.scrub(exc)
+            raise
+        finally:
+            await prepared.release()
+        return attrs.evolve(result, source=prepared.source)
 
     async def _upscale(
         self, image: str, *, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
@@ -504,7 +546,7 @@ class MonicaClient:
 
     def upscale_many(
         self,
-        images: Iterable[str] | AsyncIterable[str],
+        images: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
         *,
         scale: int = 2,
         ordered: bool = False,
@@ -525,7 +567,8 @@ class MonicaClient:
         garbage collection, wrap it in ``contextlib.aclosing``.
 
         Args:
-            images: URLs, as any iterable or async iterable.
+            images: URLs (or object URLs, or local files with ``staging``, as
+                :meth:`upscale` takes them), as any iterable or async iterable.
             scale: Scale factor for every image.
             ordered: Yield in input order (a bounded look-ahead) instead of
                 completion order.
@@ -556,8 +599,16 @@ class MonicaClient:
         size = 2 * most if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
+        upscale = functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy)
+        stored = self._upscale_stored
+
+        def call(image: object) -> Awaitable[UpscaleResult]:
+            if type(image) is str and image.startswith(_WEB_PREFIXES):
+                return upscale(image)
+            return stored(image, upscale, policy, timeout)
+
         return run_batch(
-            functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy),
+            call,
             images,
             workers=count,
             growth=growth,
@@ -567,7 +618,7 @@ class MonicaClient:
 
     async def upscale_all(
         self,
-        images: Iterable[str] | AsyncIterable[str],
+        images: Iterable[str | os.PathLike[str]] | AsyncIterable[str | os.PathLike[str]],
         *,
         scale: int = 2,
         workers: int | None = None,
@@ -584,6 +635,26 @@ class MonicaClient:
 
     # -- downloads --------------------------------------------------------------------
 
+    @overload
+    async def download(
+        self,
+        result: UpscaleResult | str,
+        path: os.PathLike[str],
+        *,
+        max_bytes: int | None = None,
+        timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> Path: ...
+
+    @overload
+    async def download(
+        self,
+        result: UpscaleResult | str,
+        path: str,
+        *,
+        max_bytes: int | None = None,
+        timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
+    ) -> Path | str: ...
+
     async def download(
         self,
         result: UpscaleResult | str,
@@ -591,8 +662,8 @@ class MonicaClient:
         *,
         max_bytes: int | None = None,
         timeout: float | aiohttp.ClientTimeout | UseClientDefault | None = USE_CLIENT_DEFAULT,
-    ) -> Path:
-        """Stream the upscaled image to *path*, atomically; return the path.
+    ) -> Path | str:
+        """Stream the upscaled image to *path*, atomically; return where it is.
 
         The bytes go to a temporary file beside *path*, renamed only once checked to
         be a whole image (as long as its ``Content-Length``, or without one, ending
@@ -600,14 +671,31 @@ class MonicaClient:
         ``Authorization`` header is sent. Transient failures, a body cut short
         included, are retried.
 
+        *path* may also be an object URL (``"s3://bucket/key.png"``, the ``storage``
+        extra): the image is streamed into the object, in one put or a multipart
+        upload completed only once the whole image arrived and passed the same checks,
+        so no partial object is ever visible; the object URL is returned.
+
         Raises:
             APIResponseValidationError: The body is not an image or is too large.
             APIStatusError: The image server refused.
             APIConnectionError: The image server could not be reached, or every
                 attempt's body was cut short.
+            StorageError: The store refused the write.
         """
         url = result.url if isinstance(result, UpscaleResult) else result
         limit = self.max_download_bytes if max_bytes is None else byte_limit("max_bytes", max_bytes)
+        if isinstance(path, str) and _storage.is_object_url(path):
+            return await self._storage.write(
+                self._open(),
+                url,
+                path,
+                limit=limit,
+                timeout=self._timeout_for(timeout),
+                policy=self.retry,
+                allow_insecure_http=self.allow_insecure_http,
+                proxies=self._env_proxies,
+            )
         return await _download.download(
             self._open(),
             url,

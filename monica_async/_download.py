@@ -2,6 +2,8 @@
 
 The client's :meth:`~monica_async.MonicaClient.download` checks its arguments and
 delegates here; the command line's downloads go through the same client method.
+:func:`image_body` is the one place a result's bytes are fetched and checked: files
+(here) and objects in a store (``_storage``) are both written from it.
 
 A file is renamed into place only when it is a whole image: as long as the server's
 ``Content-Length`` says, or, without one, ending where its format says it ends (or,
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import secrets
 import warnings
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
@@ -43,8 +47,11 @@ except ImportError:  # pragma: no cover - Windows, where an open file cannot be 
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "ImageBody",
     "byte_limit",
+    "checked_source",
     "download",
+    "image_body",
     "image_is_complete",
     "is_temporary_name",
     "looks_like_image",
@@ -100,8 +107,8 @@ def image_is_complete(first: bytes, tail: bytes, size: int) -> bool | None:
     return None
 
 
-def _decodes(path: Path) -> bool | None:
-    """Whether Pillow decodes the image at *path* whole; ``None`` when it cannot tell."""
+def _decodes(source: Path | bytes | bytearray) -> bool | None:
+    """Whether Pillow decodes the image (a file, or bytes) whole; ``None`` when it cannot tell."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
@@ -109,7 +116,8 @@ def _decodes(path: Path) -> bool | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a large image's DecompressionBombWarning
-            with Image.open(path) as image:
+            opened = source if isinstance(source, Path) else io.BytesIO(source)
+            with Image.open(opened) as image:
                 image.load()
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return None
@@ -160,6 +168,18 @@ def byte_limit(name: str, value: object) -> int:
     return value
 
 
+def checked_source(url: str, allow_insecure_http: bool) -> str:
+    """Check the URL of an image to download: absolute http(s), plain http only for loopback."""
+    url = validate_image_url(url)
+    host = urlsplit(url).hostname
+    if url.lower().startswith("http:") and not (allow_insecure_http or is_loopback_host(host)):
+        raise InvalidRequestError(
+            f"refusing to download over plain http from {host!r}; "
+            "pass allow_insecure_http=True to the client to allow it"
+        )
+    return url
+
+
 async def download(
     session: aiohttp.ClientSession,
     url: str,
@@ -176,19 +196,119 @@ async def download(
     *proxies*: where the proxy of each request comes from (``None``: the session's own
     settings).
     """
-    url = validate_image_url(url)
-    host = urlsplit(url).hostname
-    if url.lower().startswith("http:") and not (allow_insecure_http or is_loopback_host(host)):
-        raise InvalidRequestError(
-            f"refusing to download over plain http from {host!r}; "
-            "pass allow_insecure_http=True to the client to allow it"
-        )
+    url = checked_source(url, allow_insecure_http)
     proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
         return await _download_once(session, url, target, limit, timeout, proxy)
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
+
+
+class ImageBody:
+    """The body of an image being downloaded, read as checked chunks.
+
+    :meth:`chunks` yields the body as it arrives and raises, instead of ending, when
+    what arrived is not a whole image: empty, over the limit, not an image, shorter
+    than its ``Content-Length``, or without one, not ending where its format says. A
+    writer commits its file or object only once the iteration ended normally, after
+    :meth:`confirm` for the formats only decoding can tell.
+    """
+
+    def __init__(self, url: str, response: aiohttp.ClientResponse, limit: int) -> None:
+        self.url = url
+        self.content_type = response.headers.get("content-type", "")
+        self._response = response
+        self._limit = limit
+        self._expected = response.content_length
+        # A compressed body is inflated: its length is not the Content-Length.
+        self._encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
+        self._undecided = False
+        self._size = 0
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        """Yield the body; raise :class:`APIError` if it breaks off or is no whole image."""
+        url, limit = self.url, self._limit
+        size = 0
+        first = b""
+        tail = b""
+        try:
+            async for chunk in self._response.content.iter_chunked(_CHUNK):
+                if len(first) < 16:
+                    # The first chunk can be shorter than a signature (WebP's is 12).
+                    first += chunk[: 16 - len(first)]
+                tail = (tail + chunk[-_TAIL:])[-_TAIL:]
+                size += len(chunk)
+                if size > limit:
+                    raise _not_downloadable(url, f"is over the {limit}-byte limit")
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise map_transport_error(exc, "GET", url) from exc
+        if size == 0:
+            raise _not_downloadable(url, "is empty")
+        if not (self.content_type.startswith("image/") or looks_like_image(first)):
+            raise _not_downloadable(
+                url, f"is not an image (content-type {self.content_type or 'missing'!r})"
+            )
+        expected = self._expected
+        if expected is not None and not self._encoded:
+            if size != expected:
+                raise _cut_short(url, f"{size} of the {expected} bytes announced")
+            return
+        self._size = size
+        complete = image_is_complete(first, tail, size)
+        if complete is False:
+            raise _cut_short(
+                url, f"{size} bytes without Content-Length, and the image is not whole"
+            )
+        self._undecided = complete is None
+
+    @property
+    def undecided(self) -> bool:
+        """Whether only decoding can tell that the body is whole (no length, no end marker)."""
+        return self._undecided
+
+    async def confirm(self, source: Path | bytes | bytearray) -> None:
+        """After :meth:`chunks`, decode *source* (the body) if that is what tells it is whole.
+
+        Raises:
+            APIConnectionError: Pillow says the image is cut short (retried).
+        """
+        if self._undecided and await asyncio.to_thread(_decodes, source) is False:
+            raise _cut_short(
+                url=self.url, what="without Content-Length, and the image is not whole"
+            )
+
+
+@contextlib.asynccontextmanager
+async def image_body(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    limit: int,
+    timeout: aiohttp.ClientTimeout,
+    proxy: str | None = None,
+) -> AsyncIterator[ImageBody]:
+    """GET *url* (no credentials sent) and hand over its body once the answer is a 200.
+
+    Raises:
+        APIStatusError: The image server answered another status.
+        APIResponseValidationError: The announced length is over *limit*.
+        APIConnectionError: The image server could not be reached.
+    """
+    try:
+        async with session.get(
+            url, headers={"User-Agent": USER_AGENT}, timeout=timeout, proxy=proxy
+        ) as response:
+            if response.status != 200:
+                raw = (await read_error_body(response)).decode("utf-8", errors="replace")
+                raise status_error(response.status, raw, response.headers, url=url, method="GET")
+            expected = response.content_length
+            if expected is not None and expected > limit:
+                raise _not_downloadable(url, f"is {expected} bytes, over the {limit} limit")
+            yield ImageBody(url, response, limit)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise map_transport_error(exc, "GET", url) from exc
 
 
 def _create_temporary(target: Path) -> tuple[Path, int]:
@@ -227,55 +347,11 @@ async def _download_once(
     tmp, fd = _create_temporary(target)
     try:
         with os.fdopen(fd, "wb") as out:
-            try:
-                async with session.get(
-                    url, headers={"User-Agent": USER_AGENT}, timeout=timeout, proxy=proxy
-                ) as response:
-                    if response.status != 200:
-                        raw = (await read_error_body(response)).decode("utf-8", errors="replace")
-                        raise status_error(
-                            response.status, raw, response.headers, url=url, method="GET"
-                        )
-                    expected = response.content_length
-                    if expected is not None and expected > limit:
-                        raise _not_downloadable(url, f"is {expected} bytes, over the {limit} limit")
-                    content_type = response.headers.get("content-type", "")
-                    # A compressed body is inflated: its length is not the Content-Length.
-                    encoded = (
-                        response.headers.get("content-encoding", "identity").lower() != "identity"
-                    )
-                    size = 0
-                    first = b""
-                    tail = b""
-                    async for chunk in response.content.iter_chunked(_CHUNK):
-                        if len(first) < 16:
-                            # The first chunk can be shorter than a signature (WebP's is 12).
-                            first += chunk[: 16 - len(first)]
-                        tail = (tail + chunk[-_TAIL:])[-_TAIL:]
-                        size += len(chunk)
-                        if size > limit:
-                            raise _not_downloadable(url, f"is over the {limit}-byte limit")
-                        out.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise map_transport_error(exc, "GET", url) from exc
-            if size == 0:
-                raise _not_downloadable(url, "is empty")
-            if not (content_type.startswith("image/") or looks_like_image(first)):
-                raise _not_downloadable(
-                    url, f"is not an image (content-type {content_type or 'missing'!r})"
-                )
+            async with image_body(session, url, limit=limit, timeout=timeout, proxy=proxy) as body:
+                async for chunk in body.chunks():
+                    out.write(chunk)
             out.flush()
-            if expected is not None and not encoded:
-                if size != expected:
-                    raise _cut_short(url, f"{size} of the {expected} bytes announced")
-            else:
-                complete = image_is_complete(first, tail, size)
-                if complete is None:
-                    complete = await asyncio.to_thread(_decodes, tmp)
-                if complete is False:
-                    raise _cut_short(
-                        url, f"{size} bytes without Content-Length, and the image is not whole"
-                    )
+            await body.confirm(tmp)
             if fcntl is not None:
                 # Renamed while still open, so the lock covers the file until it is in place.
                 os.replace(tmp, target)

@@ -5,6 +5,7 @@ The tree::
     MonicaError
     ├── InvalidRequestError            (also a ValueError; raised before any request)
     ├── RateLimiterUnavailableError    (a shared limiter's store could not be reached)
+    ├── StorageError                   (an object store refused or failed: s3://, gs://, az://)
     └── APIError
         ├── APIConnectionError
         │   └── APITimeoutError
@@ -19,7 +20,7 @@ The tree::
             ├── RateLimitError             429
             └── InternalServerError        >= 500
 
-Messages never contain the API key.
+Messages never contain the API key, a storage credential or a presigned URL's query.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RateLimiterUnavailableError",
+    "StorageError",
     "UnprocessableEntityError",
 ]
 
@@ -65,6 +67,28 @@ class InvalidRequestError(MonicaError, ValueError):
 
 class RateLimiterUnavailableError(MonicaError):
     """A shared rate limiter could not reach its store, so no request was sent."""
+
+
+class StorageError(MonicaError):
+    """An object store operation failed: reading an input, staging a file or writing a result.
+
+    The store's client has already retried what was worth retrying; nothing was left
+    half-written (a result is either a complete object or absent).
+
+    Attributes:
+        message: What went wrong and what to check, for people.
+        url: The object URL concerned (``s3://bucket/key``), never a presigned URL.
+        operation: ``"read"``, ``"stage"``, ``"write"`` or ``"check"``.
+    """
+
+    def __init__(self, message: str, *, url: str = "", operation: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.operation = operation
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.message,), self.__dict__
 
 
 class APIError(MonicaError):

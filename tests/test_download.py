@@ -6,6 +6,7 @@ import asyncio
 import errno
 import io
 import os
+import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -293,6 +294,18 @@ async def test_connection_dropped_mid_body_leaves_nothing(
     with pytest.raises(APIConnectionError) as caught:
         await client.download(url, tmp_path / "x.png")
     assert (2, 2, []) == (caught.value.attempts, len(count), files_in(tmp_path))
+
+
+async def test_unreachable_image_server_is_a_connection_error(
+    client: MonicaClient, tmp_path: Path
+) -> None:
+    """Nothing listening where the image should be: APIConnectionError, nothing written."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(APIConnectionError, match="cannot connect"):
+        await client.download(f"http://127.0.0.1:{port}/x.png", tmp_path / "x.png")
+    assert [] == files_in(tmp_path)
 
 
 async def test_failed_download_keeps_the_existing_file(

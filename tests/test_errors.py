@@ -33,6 +33,7 @@ from monica_async import (
     RateLimitError,
     RateLimiterUnavailableError,
     RetryPolicy,
+    StorageError,
     UnprocessableEntityError,
 )
 from monica_async._exceptions import excerpt
@@ -431,6 +432,7 @@ async def test_other_exceptions_are_not_disguised(
         APIStatusError("teapot", status=418, body="short and stout"),
         RateLimitError("slow down", status=429, code="rate", retry_after=2.5, attempts=4),
         InternalServerError("boom", status=503, request_id="r-2"),
+        StorageError("writing s3://b/k.png failed: denied", url="s3://b/k.png", operation="write"),
     ],
 )
 @pytest.mark.parametrize("roundtrip", [pickle_roundtrip, copy.copy], ids=["pickle", "copy"])

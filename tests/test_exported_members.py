@@ -38,6 +38,7 @@ PUBLIC_API = {
     "RateLimiterUnavailableError",
     "RedisRateLimit",
     "RetryPolicy",
+    "StorageError",
     "UnprocessableEntityError",
     "UpscaleResult",
     "__version__",

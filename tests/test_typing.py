@@ -21,7 +21,7 @@ async def misuse(client: MonicaClient, result: UpscaleResult) -> None:
     await client.upscale(42)  # E: arg-type
     await client.upscale("https://x.test/a.png", scale="2")  # E: arg-type
     await client.upscale("https://x.test/a.png", timeout="5")  # E: arg-type
-    await client.download(result, 42)  # E: arg-type
+    await client.download(result, 42)  # E: call-overload
     result.url = "https://elsewhere.test/b.png"  # E: misc
     RetryPolicy(3)  # E: call-arg
     RetryPolicy(max_attempts="3")  # E: arg-type

@@ -28,6 +28,7 @@ from monica_async import (
     RateLimiter,
     RateLimitError,
     RetryPolicy,
+    StorageError,
     UpscaleResult,
 )
 
@@ -55,7 +56,10 @@ async def single_call() -> Path:
         assert_type(again.scale, int)
         path = await client.download(result, Path("out") / "cat@2x.png", max_bytes=10_000_000)
         assert_type(path, Path)
-        assert_type(await client.download(result.url, "cat.png", timeout=None), Path)
+        # A string may be an object URL ("s3://bucket/key.png"), returned as given.
+        assert_type(await client.download(result.url, "cat.png", timeout=None), Path | str)
+        local = await client.upscale(Path("photos") / "cat.png")
+        assert_type(local.source, str)
         assert_type(client.stats, ClientStats)
         assert_type(client.closed, bool)
         return path
@@ -82,6 +86,9 @@ async def handle_errors(client: MonicaClient) -> str:
     except APIError as exc:
         assert_type(exc.request_id, str | None)
         return exc.method
+    except StorageError as exc:
+        assert_type(exc.url, str)
+        return exc.operation
     except MonicaError:
         return "other"
     return "ok"
@@ -110,6 +117,16 @@ async def injected_session() -> None:
         client = MonicaClient(session=session, rate_limit=limiter, allow_insecure_http=True)
         await client.upscale("https://example.com/cat.png")
         await client.aclose()
+
+
+async def files_and_buckets(folder: Path) -> list[str]:
+    """Objects and local files in, results written to a bucket."""
+    async with MonicaClient(staging="s3://bucket/tmp/", stores={}) as client:
+        result = await client.upscale("s3://bucket/in/cat.png")
+        where = await client.download(result, "s3://bucket/out/cat.png")
+        assert_type(where, Path | str)
+        images: list[str | Path] = [*folder.glob("*.png"), "s3://bucket/in/dog.png"]
+        return [o.source for o in await client.upscale_all(images)]
 
 
 def testing_mode() -> None:

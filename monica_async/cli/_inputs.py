@@ -25,7 +25,7 @@ import os
 import stat
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 import attrs
 
@@ -34,6 +34,7 @@ from ._options import InputFormat, UsageError
 __all__ = [
     "InputRecord",
     "InputSource",
+    "RecordSource",
     "count_inputs",
     "open_input",
     "stream_inputs",
@@ -310,6 +311,16 @@ def count_inputs(
         return sum(1 for record in again.records() if keep(record))
 
 
+class RecordSource(Protocol):
+    """What :func:`stream_inputs` reads: a file's :class:`InputSource` or a directory."""
+
+    name: str
+
+    def records(self) -> Iterator[InputRecord]:
+        """Yield every input, in order."""
+        ...
+
+
 class _ReaderError:
     def __init__(self, error: BaseException) -> None:
         self.error = error
@@ -319,7 +330,7 @@ _Chunk = list[InputRecord] | _ReaderError | None
 
 
 async def stream_inputs(
-    source: InputSource,
+    source: RecordSource,
     keep: Callable[[InputRecord], bool],
     stop: asyncio.Event,
 ) -> AsyncIterator[InputRecord]:

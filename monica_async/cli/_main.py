@@ -28,6 +28,8 @@ from monica_async._config import (
     DEFAULT_TIMEOUT,
     MAX_AUTO_CONCURRENCY,
 )
+from monica_async._exceptions import InvalidRequestError
+from monica_async._storage import ObjectLocation, is_object_url
 from monica_async._text import RATE_EXAMPLES
 from monica_async._validation import ALLOWED_SCALES
 from monica_async._version import __version__
@@ -112,6 +114,10 @@ examples:
   {PROG} run urls.txt -o part-0.jsonl --shard 0/4 --rate 60/min \\
       --redis-url redis://localhost:6379/0
       shard 0 of 4 processes that share one rate limit through Redis
+  {PROG} run photos/ -o results.jsonl --staging s3://bucket/tmp/ \\
+      --download-dir s3://bucket/upscaled/
+      the images of a folder, staged in a bucket to be sent, results to the bucket
+      (the storage extra; credentials from AWS_ACCESS_KEY_ID etc.)
 
 The API key comes from {API_KEY_ENV} or --api-key-file, never from a flag.
 stdout carries only the records (with -o -); progress, notes and the summary go
@@ -163,12 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Upscale every URL listed in INPUT (a text file of URLs, a CSV with a url "
             "column, or JSON Lines with a url field; - reads stdin), writing one JSON "
-            "line per input to --output."
+            "line per input to --output. An input may also be an object URL (s3://, "
+            "gs://, az://) or, with --staging, a local file; INPUT may be a directory "
+            "of images."
         ),
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("input", metavar="INPUT", help="file of URLs, or - for stdin")
+    run.add_argument(
+        "input",
+        metavar="INPUT",
+        help="file of URLs, - for stdin, or a directory of images (needs --staging)",
+    )
     run.add_argument(
         "-o",
         "--output",
@@ -177,7 +189,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="results file, one JSON line per input (appended to with --resume); "
         "- writes them to stdout",
     )
-    run.add_argument("--download-dir", metavar="DIR", help="download each result into DIR")
+    run.add_argument(
+        "--download-dir",
+        metavar="DIR",
+        help="download each result into DIR, or into an object prefix such as s3://bucket/out/",
+    )
+    run.add_argument(
+        "--staging",
+        metavar="URL",
+        help="upload local files here (s3://bucket/tmp/, gs://..., az://...) to send them",
+    )
     run.add_argument(
         "--concurrency",
         type=_int_at_least(1),
@@ -319,11 +340,19 @@ def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions
     shard = None if args.shard is None else ShardSpec.parse(args.shard)
     if args.redis_url is not None and rate is None:
         raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
+    download_dir = download_prefix = None
+    if args.download_dir is not None and is_object_url(args.download_dir):
+        download_prefix = _object_prefix("--download-dir", args.download_dir)
+    elif args.download_dir is not None:
+        download_dir = Path(args.download_dir)
+    staging = None if args.staging is None else _object_prefix("--staging", args.staging)
     return RunOptions(
         input=args.input,
         output=Path(args.output),
         api_key=_api_key(args.api_key_file),
-        download_dir=None if args.download_dir is None else Path(args.download_dir),
+        download_dir=download_dir,
+        download_prefix=download_prefix,
+        staging=staging,
         concurrency=args.concurrency,
         rate=rate,
         scale=args.scale,
@@ -340,6 +369,13 @@ def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions
         allow_insecure_http=args.allow_insecure_http,
         verbosity=_verbosity(args),
     )
+
+
+def _object_prefix(flag: str, url: str) -> str:
+    try:
+        return ObjectLocation.parse(url, what=flag, prefix=True).url
+    except InvalidRequestError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _prog_for_hint() -> str:

@@ -100,7 +100,8 @@ class RunOptions:
         input: Path of the input, ``-`` for stdin.
         output: The JSON Lines results file; ``-``: stdout.
         api_key: The API key (never printed).
-        download_dir: Where to download results; ``None``: no downloads.
+        download_dir: Where to download results; ``None``: no downloads (or
+            *download_prefix*).
         concurrency: Requests (and downloads) in flight at most; ``None``: automatic
             (the client's default).
         rate: The client-side rate limit; ``None``: adaptive (the client's default).
@@ -118,6 +119,9 @@ class RunOptions:
         progress_bar: Draw a progress bar (``None``: when stderr is a terminal).
         allow_insecure_http: Accept a plain ``http://`` API root that is not loopback.
         verbosity: -1 errors only, 0 normal, 1 retries too, 2 every attempt.
+        download_prefix: An object URL prefix (``s3://bucket/prefix/``) to write
+            results under, instead of *download_dir*.
+        staging: Where local files are uploaded before being sent (an object URL prefix).
     """
 
     input: str
@@ -140,8 +144,22 @@ class RunOptions:
     progress_bar: bool | None = None
     allow_insecure_http: bool = False
     verbosity: int = 0
+    download_prefix: str | None = None
+    staging: str | None = None
 
     @property
     def to_stdout(self) -> bool:
         """The records stream to stdout (``--output -``)."""
         return str(self.output) == STDOUT
+
+    @property
+    def downloads(self) -> bool:
+        """Whether results are downloaded (to a folder or a bucket)."""
+        return self.download_dir is not None or self.download_prefix is not None
+
+    @property
+    def download_target(self) -> str | None:
+        """Where results go, as shown to the user."""
+        if self.download_prefix is not None:
+            return self.download_prefix
+        return None if self.download_dir is None else str(self.download_dir)

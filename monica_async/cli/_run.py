@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import IO, Any, Final, TextIO
 from urllib.parse import urlsplit
 
@@ -43,12 +44,15 @@ from monica_async._exceptions import (
     InvalidRequestError,
     MonicaError,
     PermissionDeniedError,
+    StorageError,
 )
 from monica_async._models import Outcome, UpscaleResult
 from monica_async._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from monica_async._stats import ClientStats
+from monica_async._storage import ObjectLocation, Storage
 from monica_async._validation import is_loopback_host
 
+from ._directory import DirectorySource, open_directory
 from ._inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
 from ._options import RunOptions, UsageError
 from ._output import (
@@ -207,6 +211,7 @@ def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
         max_concurrency=options.concurrency,
         rate_limit=limiter,
         allow_insecure_http=options.allow_insecure_http,
+        staging=options.staging,
         **kwargs,
     )
 
@@ -262,7 +267,7 @@ class _Run:
     def __init__(
         self,
         options: RunOptions,
-        source: InputSource,
+        source: InputSource | DirectorySource,
         log: ResultLog | StreamLog,
         client: MonicaClient,
         limiter: _StoppableLimiter,
@@ -340,8 +345,9 @@ class _Run:
         if isinstance(error, _Stopped):
             return
         if error is not None:
-            # An input the client refused to send (not a URL) failed at the input stage.
-            stage = "input" if isinstance(error, InvalidRequestError) else "upscale"
+            # An input the client refused to send (not a URL, an object it could not
+            # read, a file it could not stage) failed at the input stage.
+            stage = "input" if isinstance(error, InvalidRequestError | StorageError) else "upscale"
             self.write(
                 _failure(record, error, began, stage=stage),
                 ok=False,
@@ -351,7 +357,7 @@ class _Run:
                 self.fail_fast(error)
             return
         assert outcome.result is not None
-        if self.options.download_dir is None:
+        if not self.options.downloads:
             self.write(_success(record, outcome.result, began, None), ok=True)
             return
         task = asyncio.create_task(self.download(record, outcome.result, began))
@@ -360,8 +366,14 @@ class _Run:
 
     async def download(self, record: InputRecord, result: UpscaleResult, began: float) -> None:
         """Download one result and record the input (a failed download fails the input)."""
-        assert self.options.download_dir is not None
-        path = self.options.download_dir / download_name(record.line, record.source, result.url)
+        name = download_name(record.line, record.source, result.url)
+        prefix = self.options.download_prefix
+        path: Path | str
+        if prefix is not None:
+            path = ObjectLocation.parse(prefix, what="--download-dir", prefix=True).child(name).url
+        else:
+            assert self.options.download_dir is not None
+            path = self.options.download_dir / name
         try:
             if _plain_http_elsewhere(result.url) and not self.options.allow_insecure_http:
                 raise InvalidRequestError(
@@ -399,7 +411,7 @@ class _Run:
         try:
             async with contextlib.aclosing(stream):
                 async for outcome in stream:
-                    if self.options.download_dir is not None and outcome.ok:
+                    if self.options.downloads and outcome.ok:
                         # Back-pressure: no more downloads at once than requests.
                         await self.download_slots.acquire()
                     self.settle(outcome)
@@ -494,12 +506,9 @@ async def _execute(
         # What a killed run was writing; a live run's files are locked and stay.
         remove_stale_temporaries(options.download_dir)
     async with contextlib.AsyncExitStack() as stack:
-        source = open_input(
-            options.input,
-            options.input_format,
-            stdin=sys.stdin.buffer if stdin is None else stdin,
-        )
+        source = _open_source(options, sys.stdin.buffer if stdin is None else stdin)
         stack.callback(source.close)
+        await _check_storage(options)
         inner = _limiter(options)
         stack.push_async_callback(inner.aclose)
         limiter = _StoppableLimiter(inner)
@@ -518,9 +527,37 @@ async def _execute(
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows
 
 
+def _open_source(options: RunOptions, stdin: IO[bytes]) -> InputSource | DirectorySource:
+    if options.input != "-" and os.path.isdir(options.input):
+        if options.staging is None:
+            raise UsageError(
+                f"INPUT {options.input!r} is a directory: its images are uploaded to a "
+                "staging location to be sent; add --staging s3://bucket/prefix/ "
+                "(or gs://, az://)"
+            )
+        return open_directory(options.input, skip=options.download_dir)
+    return open_input(options.input, options.input_format, stdin=stdin)
+
+
+async def _check_storage(options: RunOptions) -> None:
+    """Fail at once, in one line, when no result or no local file could be written."""
+    checks = [("--download-dir", options.download_prefix), ("--staging", options.staging)]
+    storage = None
+    for flag, url in checks:
+        if url is None:
+            continue
+        try:
+            if storage is None:
+                storage = Storage.configure()
+            await storage.check_writable(ObjectLocation.parse(url, what=flag, prefix=True))
+        except (InvalidRequestError, StorageError) as exc:
+            raise UsageError(f"{flag}: {exc}") from None
+
+
 def _describe(run: _Run) -> str:
     options = run.options
-    parts = [f"Upscaling {options.input!r} ({run.source.format.value})"]
+    kind = "directory" if isinstance(run.source, DirectorySource) else run.source.format.value
+    parts = [f"Upscaling {options.input!r} ({kind})"]
     if options.shard is not None:
         parts.append(f"shard {options.shard}")
     if options.rate is not None:
@@ -536,6 +573,7 @@ def _count_in_background(run: _Run) -> None:
     """Count the inputs of a regular file in a daemon thread; set the total when done."""
     loop = asyncio.get_running_loop()
     source = run.source
+    assert isinstance(source, InputSource), "only a file is counted"
     shard = run.options.shard
     done = run.done
 
@@ -616,7 +654,7 @@ async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
         run.tally,
         stats,
         output="stdout" if options.to_stdout else str(options.output),
-        download_dir=None if options.download_dir is None else str(options.download_dir),
+        download_dir=options.download_target,
         interrupted=run.interrupted,
     ):
         run.reporter.note(line)
