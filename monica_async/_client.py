@@ -129,13 +129,13 @@ class MonicaClient:
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
-        self.base_url = self._check_base_url(
+        self.base_url: str = self._check_base_url(
             base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, allow_insecure_http
         )
         self._endpoint = self.base_url + UPSCALE_PATH
         self._endpoint_path = urlsplit(self._endpoint).path
-        self.timeout = resolve_timeout(timeout)
-        self.retry = RetryPolicy() if retry is None else retry
+        self.timeout: aiohttp.ClientTimeout = resolve_timeout(timeout)
+        self.retry: RetryPolicy = RetryPolicy() if retry is None else retry
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
         if max_concurrency is not None and (
@@ -146,15 +146,15 @@ class MonicaClient:
             )
         if max_concurrency is not None and max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int = max_concurrency
         if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
             raise InvalidRequestError(
                 "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
                 f"RateLimiter, got {rate_limit!r}"
             )
         self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
-        self.allow_insecure_http = allow_insecure_http
-        self.max_download_bytes = byte_limit("max_download_bytes", max_download_bytes)
+        self.allow_insecure_http: bool = allow_insecure_http
+        self.max_download_bytes: int = byte_limit("max_download_bytes", max_download_bytes)
         self._extra_headers = dict(headers or {})
         for name in self._extra_headers:
             if name.lower() == "authorization":
