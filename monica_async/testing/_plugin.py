@@ -19,7 +19,7 @@ __all__ = ["FakeServerFactory"]
 
 _NEEDS_PYTEST_ASYNCIO: Final = (
     "the {name} fixture of monica_async.testing is async and needs pytest-asyncio: "
-    "pip install pytest-asyncio, then set asyncio_mode = \"auto\" in pytest's configuration "
+    'pip install pytest-asyncio, then set asyncio_mode = "auto" in pytest\'s configuration '
     "(or mark each test with @pytest.mark.asyncio)"
 )
 
@@ -27,13 +27,13 @@ try:
     import pytest_asyncio
 except ImportError:
 
-    @pytest.fixture
-    def fake_monica() -> FakeMonicaServer:
+    @pytest.fixture(name="fake_monica")
+    def _fake_monica_needs_pytest_asyncio() -> FakeMonicaServer:
         """Fails: the fixture needs pytest-asyncio."""
         pytest.fail(_NEEDS_PYTEST_ASYNCIO.format(name="fake_monica"), pytrace=False)
 
-    @pytest.fixture
-    def fake_monica_factory() -> FakeServerFactory:
+    @pytest.fixture(name="fake_monica_factory")
+    def _fake_monica_factory_needs_pytest_asyncio() -> FakeServerFactory:
         """Fails: the fixture needs pytest-asyncio."""
         pytest.fail(_NEEDS_PYTEST_ASYNCIO.format(name="fake_monica_factory"), pytrace=False)
 
