@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import json
@@ -188,6 +189,8 @@ class MonicaClient:
             self._slots = self._auto.slots
         else:
             self._slots = Slots(max_concurrency)
+        #: The event loop the client was opened in: its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = StatsRecorder()
 
     def __repr__(self) -> str:
@@ -235,6 +238,19 @@ class MonicaClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._state is _State.CLOSED:
             raise MonicaError("this MonicaClient is closed; create a new one")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # upscale_many() called outside a coroutine: checked on use
+            loop = None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not None and loop is not self._loop:
+            raise MonicaError(
+                "this MonicaClient was opened in another event loop"
+                f"{' (closed now)' if self._loop.is_closed() else ''}, which its connections "
+                "belong to: create the client inside the event loop that uses it, one per "
+                "asyncio.run() (e.g. `async with MonicaClient() as client:` inside main())"
+            )
         if self._session is None:
             # The pool follows the concurrency: never the bottleneck, never unbounded.
             most = MAX_AUTO_CONCURRENCY if self.max_concurrency is None else self.max_concurrency
@@ -316,7 +332,11 @@ class MonicaClient:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
         session = self._session
-        if session is None or self._state is not _State.OPENED:
+        if (
+            session is None
+            or self._state is not _State.OPENED
+            or self._loop is not asyncio.get_running_loop()
+        ):
             session = self._open()
         stats = self._stats
         stats.requests += 1
