@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import _download, _retry
+from . import _download, _retry, _telemetry
 from ._batch import run_batch
 from ._concurrency import AutoConcurrency, Blame, limiter_rate
 from ._config import (
@@ -341,6 +341,7 @@ class MonicaClient:
         stats = self._stats
         stats.requests += 1
         began = time.monotonic()
+        traced = _telemetry.upscale_started(scale)  # None unless an OpenTelemetry SDK is set up
         try:
             # The first attempt is made here, not by the retry loop: nearly every call
             # succeeds at once, and this path is what a batch's throughput is made of.
@@ -367,11 +368,16 @@ class MonicaClient:
                 request_id=request_id,
                 raw=raw,
             )
-        except MonicaError as exc:
-            stats.failures[type(exc).__name__] += 1
+        except BaseException as exc:
+            if isinstance(exc, MonicaError):
+                stats.failures[type(exc).__name__] += 1
+            if traced is not None:
+                traced.failed(exc)
             raise
         stats.succeeded += 1
         stats.latencies.append(result.elapsed)
+        if traced is not None:
+            traced.succeeded(result)
         return result
 
     async def _attempt(
@@ -401,8 +407,10 @@ class MonicaClient:
                 stats.retries += 1
             stats.in_flight += 1
             in_flight = stats.in_flight
+            traced = _telemetry.attempt_started(self._endpoint, number, waited)
             try:
-                done = await self._post(session, image, scale, timeout, number, started)
+                post = self._post(session, image, scale, timeout, number, started)
+                done = await (post if traced is None else traced.track(post))
             except RateLimitError as exc:
                 exc.attempts = number
                 stats.rate_limited += 1
