@@ -147,7 +147,7 @@ class MonicaClient:
             )
         if max_concurrency is not None and max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.max_concurrency: int = max_concurrency
+        self.max_concurrency: int | None = max_concurrency
         if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
             raise InvalidRequestError(
                 "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
