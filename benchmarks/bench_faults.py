@@ -53,7 +53,7 @@ async def _upscale(
         async with contextlib.aclosing(stream):
             async for outcome in stream:
                 done += 1
-                if outcome.error is None:
+                if outcome.ok:
                     ok += 1
                 else:
                     errors[type(outcome.error).__name__] += 1

@@ -6,12 +6,18 @@ what is left is each contender's own Python (and the event loop's task switches)
 The throughput benchmark's ratio is blurred by the machine's drift; this one is
 steady enough to say where monica-async's time per request goes.
 
+With opentelemetry-api installed and no SDK configured (the state of the plain rows),
+the client's telemetry hooks are also timed alone, per request; a row with the SDK's
+providers set (spans and metrics recorded in memory, exported nowhere) shows what
+tracing costs when it is on.
+
     python -m benchmarks --only overhead
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -21,7 +27,7 @@ from typing import Any, cast
 
 import aiohttp
 
-from monica_async import MonicaClient
+from monica_async import MonicaClient, _telemetry
 
 from ._common import Json, Table
 
@@ -147,11 +153,78 @@ async def upscale_many(count: int, concurrency: int) -> int:
     return ok
 
 
+@contextlib.contextmanager
+def _opentelemetry_sdk() -> Iterator[None]:
+    """The SDK's global providers, recording spans and metrics in memory, for a ``with``."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.metrics import _internal as metrics_internal
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.util._once import Once
+
+    def reset() -> None:
+        # The API sets a process's providers once; the benchmark takes them back so
+        # that the other contenders run without an SDK, as OpenTelemetry's tests do.
+        trace._TRACER_PROVIDER = None
+        trace._TRACER_PROVIDER_SET_ONCE = Once()
+        metrics_internal._METER_PROVIDER = None
+        metrics_internal._METER_PROVIDER_SET_ONCE = Once()
+
+    tracer_provider = TracerProvider()  # no span processor: recorded, exported nowhere
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    reset()
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    try:
+        yield
+    finally:
+        reset()
+        meter_provider.shutdown()
+        tracer_provider.shutdown()
+
+
+async def upscale_workers_traced(count: int, concurrency: int) -> int:
+    """``upscale()`` from workers with an OpenTelemetry SDK set up."""
+    with _opentelemetry_sdk():
+        return await upscale_workers(count, concurrency)
+
+
+def _has_sdk() -> bool:
+    try:
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 CONTENDERS: dict[str, Contender] = {
     "raw loop": raw_workers,
     "MonicaClient.upscale() from workers": upscale_workers,
     "MonicaClient.upscale_many()": upscale_many,
 }
+if _has_sdk():
+    CONTENDERS["upscale() with an OpenTelemetry SDK"] = upscale_workers_traced
+
+
+def hooks_ns_per_request(calls: int = 300_000) -> float:
+    """Nanoseconds the telemetry hooks of one request take with no SDK (timed alone).
+
+    An upscale makes two hook calls when it succeeds at once: one for the call, one
+    for the attempt (its ``is None`` tests are too cheap to time apart).
+    """
+    started_call, started_attempt = _telemetry.upscale_started, _telemetry.attempt_started
+    gc.collect()
+    began = time.perf_counter()
+    for _ in range(calls):
+        pass
+    empty = time.perf_counter() - began
+    began = time.perf_counter()
+    for _ in range(calls):
+        started_call(2)
+        started_attempt(ENDPOINT, 1, 0.0)
+    spent = time.perf_counter() - began
+    return 1e9 * (spent - empty) / calls
 
 
 def _cpu_us(contender: Contender, count: int, concurrency: int) -> float:
@@ -169,6 +242,8 @@ def run(quick: bool) -> Json:
     count = 5_000 if quick else 30_000
     rounds = 2 if quick else 9
     result: Json = {"requests": count, "rounds": rounds, "by_concurrency": {}}
+    if _telemetry.upscale_started(2) is None:
+        result["otel_hooks_ns_without_sdk"] = min(hooks_ns_per_request() for _ in range(rounds))
     for concurrency in (16, 64):
         runs: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         for _ in range(rounds):
@@ -198,4 +273,10 @@ def table(result: Json) -> str:
         "An in-process stand-in answers every POST at once: no sockets, no server. "
         "'over raw' is monica-async's own work per request."
     )
+    hooks = result.get("otel_hooks_ns_without_sdk")
+    if hooks is not None:
+        out.note(
+            f"OpenTelemetry hooks with no SDK configured (the rows without one): {hooks:.0f} ns "
+            "per request, timed alone (least of the rounds)."
+        )
     return out.render()

@@ -49,7 +49,7 @@ def monica(make_limiter: Callable[[], RateLimiter | None]) -> Contender:
             API_KEY, base_url=base_url, max_concurrency=WORKERS, rate_limit=make_limiter()
         ) as client:
             async for outcome in client.upscale_many(images(base_url, count), workers=WORKERS):
-                if outcome.error is not None:
+                if not outcome.ok:
                     errors[type(outcome.error).__name__] += 1
         return errors
 

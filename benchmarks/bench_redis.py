@@ -249,7 +249,7 @@ async def worker(args: argparse.Namespace) -> None:
         await asyncio.to_thread(sys.stdin.readline)
         async for outcome in client.upscale_many(urls_for(args)):
             inputs += 1
-            failures += outcome.error is not None
+            failures += not outcome.ok
     print(json.dumps({"inputs": inputs, "failures": failures, "events": events.events}))
 
 

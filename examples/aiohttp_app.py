@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from aiohttp import web
@@ -114,7 +114,7 @@ async def upscale(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         return _error(400, "InvalidJSON", 'send a JSON body such as {"url": "https://..."}')
-    url = body.get("url") if isinstance(body, dict) else None
+    url = cast("dict[str, object]", body).get("url") if isinstance(body, dict) else None
     if not isinstance(url, str):
         return _error(422, "InvalidRequest", "'url' must be a string")
     client = request.app[MONICA]

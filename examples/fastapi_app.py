@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar
 
 import attrs
@@ -155,7 +155,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 @contextlib.asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
     """Open one MonicaClient for the application's lifetime and close it at shutdown."""
     async with MonicaClient(retry=RETRY) as client:
         app.state.monica = client

@@ -38,7 +38,7 @@ from monica_async import MonicaClient, MonicaError, Outcome, RateLimit
 
 def read_urls(source: TextIO) -> list[str]:
     """The URLs of *source*: one per line, blank lines and ``#`` comments skipped."""
-    urls = []
+    urls: list[str] = []
     for line in source:
         line = line.strip()
         if line and not line.startswith("#"):
@@ -52,11 +52,9 @@ def record(outcome: Outcome) -> dict[str, object]:
         "index": outcome.index,
         "source": outcome.source,
         "ok": outcome.ok,
-        "image": outcome.result.url if outcome.result else None,
-        "attempts": outcome.result.attempts if outcome.result else None,
-        "error": None
-        if outcome.error is None
-        else f"{type(outcome.error).__name__}: {outcome.error}",
+        "image": outcome.result.url if outcome.ok else None,
+        "attempts": outcome.result.attempts if outcome.ok else None,
+        "error": None if outcome.ok else f"{type(outcome.error).__name__}: {outcome.error}",
     }
 
 

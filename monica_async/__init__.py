@@ -30,6 +30,7 @@ from ._exceptions import (
     StorageError,
     UnprocessableEntityError,
 )
+from ._logs import configure_from_environment as _configure_logging
 from ._models import Outcome, UpscaleResult
 from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from ._redis import RedisRateLimit
@@ -70,3 +71,6 @@ __all__ = [
     "__version__",
     "set_testing",
 ]
+
+# MONICA_LOG=info|debug shows the library's log records on stderr.
+_configure_logging()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import json
@@ -17,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
-from . import _download, _retry, _storage
+from . import _download, _retry, _storage, _telemetry
 from ._batch import run_batch
 from ._concurrency import AutoConcurrency, Blame, limiter_rate
 from ._config import (
@@ -145,13 +146,13 @@ class MonicaClient:
         stores: Mapping[str, ObjectStore] | None = None,
     ) -> None:
         self._api_key = resolve_api_key(api_key)
-        self.base_url = self._check_base_url(
+        self.base_url: str = self._check_base_url(
             base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, allow_insecure_http
         )
         self._endpoint = self.base_url + UPSCALE_PATH
         self._endpoint_path = urlsplit(self._endpoint).path
-        self.timeout = resolve_timeout(timeout)
-        self.retry = RetryPolicy() if retry is None else retry
+        self.timeout: aiohttp.ClientTimeout = resolve_timeout(timeout)
+        self.retry: RetryPolicy = RetryPolicy() if retry is None else retry
         if not isinstance(self.retry, RetryPolicy):
             raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
         if max_concurrency is not None and (
@@ -162,15 +163,15 @@ class MonicaClient:
             )
         if max_concurrency is not None and max_concurrency < 1:
             raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.max_concurrency = max_concurrency
+        self.max_concurrency: int | None = max_concurrency
         if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
             raise InvalidRequestError(
                 "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
                 f"RateLimiter, got {rate_limit!r}"
             )
         self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
-        self.allow_insecure_http = allow_insecure_http
-        self.max_download_bytes = byte_limit("max_download_bytes", max_download_bytes)
+        self.allow_insecure_http: bool = allow_insecure_http
+        self.max_download_bytes: int = byte_limit("max_download_bytes", max_download_bytes)
         self._storage = _storage.Storage.configure(staging, stores)
         self._extra_headers = dict(headers or {})
         for name in self._extra_headers:
@@ -205,6 +206,8 @@ class MonicaClient:
             self._slots = self._auto.slots
         else:
             self._slots = Slots(max_concurrency)
+        #: The event loop the client was opened in: its connections belong to it.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = StatsRecorder()
 
     def __repr__(self) -> str:
@@ -252,6 +255,19 @@ class MonicaClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._state is _State.CLOSED:
             raise MonicaError("this MonicaClient is closed; create a new one")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # upscale_many() called outside a coroutine: checked on use
+            loop = None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not None and loop is not self._loop:
+            raise MonicaError(
+                "this MonicaClient was opened in another event loop"
+                f"{' (closed now)' if self._loop.is_closed() else ''}, which its connections "
+                "belong to: create the client inside the event loop that uses it, one per "
+                "asyncio.run() (e.g. `async with MonicaClient() as client:` inside main())"
+            )
         if self._session is None:
             # The pool follows the concurrency: never the bottleneck, never unbounded.
             most = MAX_AUTO_CONCURRENCY if self.max_concurrency is None else self.max_concurrency
@@ -358,11 +374,16 @@ class MonicaClient:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
         session = self._session
-        if session is None or self._state is not _State.OPENED:
+        if (
+            session is None
+            or self._state is not _State.OPENED
+            or self._loop is not asyncio.get_running_loop()
+        ):
             session = self._open()
         stats = self._stats
         stats.requests += 1
         began = time.monotonic()
+        traced = _telemetry.upscale_started(scale)  # None unless an OpenTelemetry SDK is set up
         try:
             # The first attempt is made here, not by the retry loop: nearly every call
             # succeeds at once, and this path is what a batch's throughput is made of.
@@ -389,11 +410,16 @@ class MonicaClient:
                 request_id=request_id,
                 raw=raw,
             )
-        except MonicaError as exc:
-            stats.failures[type(exc).__name__] += 1
+        except BaseException as exc:
+            if isinstance(exc, MonicaError):
+                stats.failures[type(exc).__name__] += 1
+            if traced is not None:
+                traced.failed(exc)
             raise
         stats.succeeded += 1
         stats.latencies.append(result.elapsed)
+        if traced is not None:
+            traced.succeeded(result)
         return result
 
     async def _attempt(
@@ -430,8 +456,10 @@ class MonicaClient:
                 stats.retries += 1
             stats.in_flight += 1
             in_flight = stats.in_flight
+            traced = _telemetry.attempt_started(self._endpoint, number, waited)
             try:
-                done = await self._post(session, image, scale, timeout, number, started)
+                post = self._post(session, image, scale, timeout, number, started)
+                done = await (post if traced is None else traced.track(post))
             except RateLimitError as exc:
                 exc.attempts = number
                 stats.rate_limited += 1

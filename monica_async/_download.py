@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import _retry
+from . import _retry, _telemetry
 from ._config import RetryPolicy
 from ._exceptions import APIConnectionError, APIResponseValidationError, InvalidRequestError
 from ._http import (
@@ -200,7 +200,9 @@ async def download(
     proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
-        return await _download_once(session, url, target, limit, timeout, proxy)
+        once = _download_once(session, url, target, limit, timeout, proxy)
+        traced = _telemetry.download_started(url, number)  # None unless OpenTelemetry is set up
+        return await (once if traced is None else traced.track(once))
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
 

@@ -112,11 +112,11 @@ class APIError(MonicaError):
         request_id: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.method = method
-        self.url = url
-        self.attempts = attempts
-        self.request_id = request_id
+        self.message: str = message
+        self.method: str = method
+        self.url: str = url
+        self.attempts: int = attempts
+        self.request_id: str | None = request_id
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exception's default reduce calls cls(*args), which loses the keyword-only
@@ -124,7 +124,7 @@ class APIError(MonicaError):
         return _rebuild, (type(self), self.message), self.__dict__
 
     def __str__(self) -> str:
-        extras = []
+        extras: list[str] = []
         if self.request_id:
             extras.append(f"request_id={self.request_id}")
         if self.attempts > 1:
@@ -161,8 +161,8 @@ class APIResponseValidationError(APIError):
         self, message: str, *, status: int = 200, body: str = "", **kwargs: object
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.status = status
-        self.body = excerpt(body)
+        self.status: int = status
+        self.body: str = excerpt(body)
 
 
 class APIStatusError(APIError):
@@ -188,10 +188,10 @@ class APIStatusError(APIError):
         **kwargs: object,
     ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.status = status
-        self.code = code
-        self.body = excerpt(body)
-        self.retry_after = retry_after
+        self.status: int = status
+        self.code: str | None = code
+        self.body: str = excerpt(body)
+        self.retry_after: float | None = retry_after
 
     def __str__(self) -> str:
         code = f" {self.code}" if self.code else ""
@@ -201,43 +201,43 @@ class APIStatusError(APIError):
 class BadRequestError(APIStatusError):
     """400: the server rejected the request."""
 
-    status_code = 400
+    status_code: ClassVar[int | None] = 400
 
 
 class AuthenticationError(APIStatusError):
     """401: the API key is missing or wrong."""
 
-    status_code = 401
+    status_code: ClassVar[int | None] = 401
 
 
 class PermissionDeniedError(APIStatusError):
     """403: the API key may not use this endpoint."""
 
-    status_code = 403
+    status_code: ClassVar[int | None] = 403
 
 
 class NotFoundError(APIStatusError):
     """404: the endpoint (or the image) was not found."""
 
-    status_code = 404
+    status_code: ClassVar[int | None] = 404
 
 
 class ConflictError(APIStatusError):
     """409: the request conflicts with another one (retried)."""
 
-    status_code = 409
+    status_code: ClassVar[int | None] = 409
 
 
 class UnprocessableEntityError(APIStatusError):
     """422: the request was well formed but could not be processed."""
 
-    status_code = 422
+    status_code: ClassVar[int | None] = 422
 
 
 class RateLimitError(APIStatusError):
     """429: too many requests for this key; ``retry_after`` says how long to wait."""
 
-    status_code = 429
+    status_code: ClassVar[int | None] = 429
 
 
 class InternalServerError(APIStatusError):

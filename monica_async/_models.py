@@ -87,23 +87,68 @@ class UpscaleResult:
         )
 
 
-@attrs.frozen(kw_only=True)
+def _one_of_result_and_error(outcome: Outcome, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (outcome._result is None) == (value is None):
+        raise InvalidRequestError("an Outcome takes exactly one of result= and error=")
+
+
+@attrs.frozen(kw_only=True, repr=False)
 class Outcome:
     """What became of one input of a batch: a result or an error, never both.
+
+    Test :attr:`ok` first, then read :attr:`result` (when ``ok``) or :attr:`error`
+    (when not). Reading the one an outcome does not have raises ``AttributeError``
+    saying so, which is why both are typed without ``None``: after ``if outcome.ok:``
+    mypy and pyright alike accept ``outcome.result.url``, and ``outcome.error`` in the
+    ``else`` branch is a :class:`MonicaError`.
 
     Attributes:
         index: Position of the input in the batch (0-based).
         source: The input as given.
-        result: The result when it succeeded, else ``None``.
-        error: The final error when it failed, else ``None``.
     """
 
     index: int
     source: str
-    result: UpscaleResult | None = None
-    error: MonicaError | None = None
+    _result: UpscaleResult | None = attrs.field(default=None, alias="result")
+    _error: MonicaError | None = attrs.field(
+        default=None, alias="error", validator=_one_of_result_and_error
+    )
 
     @property
     def ok(self) -> bool:
-        """``True`` when the input was upscaled."""
-        return self.result is not None
+        """``True`` when the input was upscaled: :attr:`result` is there, not :attr:`error`."""
+        return self._error is None
+
+    @property
+    def result(self) -> UpscaleResult:
+        """The result, when :attr:`ok`.
+
+        Raises:
+            AttributeError: The input failed (its error is the ``__cause__``).
+        """
+        if self._result is None:
+            raise AttributeError(
+                f"input {self.index} ({excerpt(self.source, 100)!r}) failed with "
+                f"{type(self._error).__name__}, so its Outcome has no result: test "
+                "outcome.ok first, and read outcome.error when it is False"
+            ) from self._error
+        return self._result
+
+    @property
+    def error(self) -> MonicaError:
+        """The error the input ended with, when not :attr:`ok`.
+
+        Raises:
+            AttributeError: The input succeeded.
+        """
+        if self._error is None:
+            raise AttributeError(
+                f"input {self.index} ({excerpt(self.source, 100)!r}) succeeded, so its "
+                "Outcome has no error: test outcome.ok first, and read outcome.result "
+                "when it is True"
+            )
+        return self._error
+
+    def __repr__(self) -> str:
+        value = f"result={self._result!r}" if self._error is None else f"error={self._error!r}"
+        return f"Outcome(index={self.index!r}, source={self.source!r}, {value})"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -16,6 +18,9 @@ from aioresponses import core as aioresponses_core
 import monica_async
 from monica_async import _retry
 from monica_async._retry import is_testing
+from monica_async.testing import FakeMonicaServer
+
+T = TypeVar("T")
 
 #: A made-up key; tests look for it in logs, reprs and messages to prove it never leaks.
 API_KEY = "sk-test-0123456789abcdef-SECRET"
@@ -139,3 +144,31 @@ async def loopback() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+class ServerThread:
+    """A FakeMonicaServer on its own event loop in a daemon thread."""
+
+    def __init__(self, **options: Any) -> None:
+        self.server = FakeMonicaServer(**options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
+
+    def __enter__(self) -> FakeMonicaServer:
+        self._thread.start()
+        self.run(self.server.start())
+        return self.server
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.run(self.server.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

@@ -77,7 +77,7 @@ async def run(args: argparse.Namespace) -> None:
         urls = made_up_urls(args.name, args.images, args.seconds)
         async for outcome in client.upscale_many(urls):
             count += 1
-            error = None if outcome.error is None else type(outcome.error).__name__
+            error = None if outcome.ok else type(outcome.error).__name__
             print(json.dumps({"index": outcome.index, "error": error}), flush=True)
     print(json.dumps({"done": count}), flush=True)
 

@@ -523,6 +523,55 @@ def test_outcome_ok(outcome: Outcome, ok: bool) -> None:
     assert ok == outcome.ok
 
 
+def test_outcome_result_of_a_failed_input_raises_and_names_the_fix() -> None:
+    """Reading ``result`` of a failed input raises AttributeError caused by its error."""
+    error = MonicaError("boom")
+    outcome = Outcome(index=3, source=IMAGE, error=error)
+
+    with pytest.raises(AttributeError, match=r"input 3 .* failed with MonicaError") as raised:
+        outcome.result  # noqa: B018
+
+    assert "test outcome.ok first" in str(raised.value)
+    assert error is raised.value.__cause__
+    assert not hasattr(outcome, "result")
+
+
+def test_outcome_error_of_a_successful_input_raises_and_names_the_fix() -> None:
+    """Reading ``error`` of a successful input raises AttributeError."""
+    result = UpscaleResult(url=RESULT, source=IMAGE, scale=2)
+    outcome = Outcome(index=0, source=IMAGE, result=result)
+
+    with pytest.raises(AttributeError, match=r"input 0 .* succeeded, .* test outcome.ok first"):
+        outcome.error  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {},
+        {"result": UpscaleResult(url=RESULT, source=IMAGE, scale=2), "error": MonicaError("x")},
+    ],
+)
+def test_outcome_takes_exactly_one_of_result_and_error(given: dict[str, Any]) -> None:
+    """An Outcome with neither or both is refused."""
+    with pytest.raises(InvalidRequestError, match="exactly one of result= and error="):
+        Outcome(index=0, source=IMAGE, **given)
+
+
+def test_outcome_repr_shows_what_it_holds() -> None:
+    """The repr names the result or the error, not the field that is absent."""
+    result = UpscaleResult(url=RESULT, source=IMAGE, scale=2)
+    error = MonicaError("boom")
+
+    assert [
+        f"Outcome(index=0, source={IMAGE!r}, result={result!r})",
+        f"Outcome(index=1, source={IMAGE!r}, error=MonicaError('boom'))",
+    ] == [
+        repr(Outcome(index=0, source=IMAGE, result=result)),
+        repr(Outcome(index=1, source=IMAGE, error=error)),
+    ]
+
+
 # -- stats ---------------------------------------------------------------------------
 
 

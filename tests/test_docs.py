@@ -8,7 +8,8 @@ is one of:
   :class:`FakeMonicaServer` (``process_images=False``: any image URL is accepted and
   the result is a small PNG served by the fake). It must exit with status 0;
 - a pytest module, when the line before the block is ``<!-- run: pytest -->``: it is
-  run by pytest (``asyncio_mode=auto``, warnings as errors) and must pass;
+  run by pytest, warnings as errors, with the pytest configuration that its page
+  suggests (the page's ``toml`` block with ``[tool.pytest.ini_options]``), and must pass;
 - a file of the repository shown with ``--8<-- "examples/x.py"`` (pymdownx.snippets):
   the page shows the file itself, which tests/test_examples.py runs;
 - not run, when the line before it is ``<!-- not-run: <reason> -->``. Keep these rare.
@@ -178,16 +179,24 @@ async def test_program_block_runs(
     assert 0 == code, _failure(block, code, output)
 
 
+def suggested_pytest_config(page: Path) -> str:
+    """The pytest configuration *page* suggests: its TOML block with pytest's table."""
+    for block in extract_blocks(page):
+        if block.language == "toml" and "[tool.pytest.ini_options]" in block.code:
+            return block.code
+    raise AssertionError(f"{page.relative_to(ROOT)} suggests no pytest configuration")
+
+
 @pytest.mark.parametrize("block", PYTEST_BLOCKS, ids=_ids(PYTEST_BLOCKS))
 async def test_pytest_block_passes(
     block: Block, docs_server: FakeMonicaServer, tmp_path: Path
 ) -> None:
-    """The block, a pytest module, passes with pytest-asyncio in auto mode."""
+    """The block, a pytest module, passes under ``-W error`` with its page's configuration."""
     (tmp_path / "test_block.py").write_text(block.code, encoding="utf-8")
+    (tmp_path / "pyproject.toml").write_text(suggested_pytest_config(block.page), "utf-8")
     args = [
         *(sys.executable, "-m", "pytest", "test_block.py", "-q", "-p", "no:cacheprovider"),
-        *("-W", "error", "-o", "asyncio_mode=auto"),
-        *("-o", "asyncio_default_fixture_loop_scope=function"),
+        *("-W", "error"),
     ]
 
     code, output = await _run(args, tmp_path, _environment(docs_server))

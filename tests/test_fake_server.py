@@ -1223,22 +1223,39 @@ async def test_module_runs_as_a_process(session: aiohttp.ClientSession) -> None:
     assert out == b""
 
 
-def test_plugin_defines_nothing_without_pytest_asyncio() -> None:
-    """Without pytest-asyncio the plugin imports cleanly and defines no fixtures."""
+WITHOUT_PYTEST_ASYNCIO = """
+import pytest
+
+
+@pytest.mark.parametrize("name", ["fake_monica", "fake_monica_factory"])
+def test_uses_a_fixture(request, name):
+    request.getfixturevalue(name)
+"""
+
+
+@pytest.mark.slow
+def test_plugin_fixtures_without_pytest_asyncio_name_it(tmp_path: Path) -> None:
+    """Without pytest-asyncio, asking for a fixture fails with a message that names it."""
+    (tmp_path / "test_no_asyncio.py").write_text(WITHOUT_PYTEST_ASYNCIO)
     script = (
         "import sys; sys.modules['pytest_asyncio'] = None\n"
-        "import monica_async.testing._plugin as p\n"
-        "print(hasattr(p, 'fake_monica'), hasattr(p, 'fake_monica_factory'))"
+        "import pytest\n"
+        "sys.exit(pytest.main(['-q', '-p', 'monica_async.testing._plugin', "
+        "'-p', 'no:cacheprovider', '-W', 'error', 'test_no_asyncio.py']))"
     )
     done = subprocess.run(
-        [sys.executable, "-W", "error", "-c", script],
-        cwd=REPO,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         capture_output=True,
         text=True,
-        timeout=30,
-        check=True,
+        timeout=60,
     )
-    assert done.stdout.split() == ["False", "False"]
+    assert 1 == done.returncode, done.stdout + done.stderr
+    assert "2 failed" in done.stdout
+    for name in ("fake_monica", "fake_monica_factory"):
+        expected = f"the {name} fixture of monica_async.testing is async and needs pytest-asyncio"
+        assert expected in done.stdout
 
 
 def test_public_names_are_sorted_and_documented() -> None:

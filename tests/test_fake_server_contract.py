@@ -7,15 +7,13 @@ synchronous hypothesis tests. Every request goes to 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import requests
 import schemathesis
+from conftest import ServerThread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -29,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
 
 from monica_async.testing import API_PATH, FakeMonicaServer
 
-T = TypeVar("T")
 SPEC = Path(__file__).resolve().parent.parent / "monica_async" / "openapi.yaml"
 SCHEMA = schemathesis.openapi.from_path(SPEC)
 OPERATION = SCHEMA[API_PATH]["POST"]
@@ -51,34 +48,6 @@ FUZZ = settings(
     derandomize=True,  # the same cases on every run
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-class ServerThread:
-    """A FakeMonicaServer on its own event loop in a daemon thread."""
-
-    def __init__(self, **options: Any) -> None:
-        self.server = FakeMonicaServer(**options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._loop.shutdown_default_executor())
-        self._loop.close()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
-
-    def __enter__(self) -> FakeMonicaServer:
-        self._thread.start()
-        self.run(self.server.start())
-        return self.server
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.run(self.server.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

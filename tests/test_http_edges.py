@@ -222,7 +222,7 @@ async def test_batch_on_closed_keep_alive_connections_needs_no_retry(
     """40 inputs through 8 workers: every input succeeds at its first attempt."""
     async with MonicaClient(base_url=one_shot.base_url, max_concurrency=8) as client:
         outcomes = await client.upscale_all([IMAGE] * 40)
-    attempts = [o.result.attempts if o.result is not None else None for o in outcomes]
+    attempts = [o.result.attempts if o.ok else None for o in outcomes]
     assert ([1] * 40, []) == (attempts, retry_waits)
 
 

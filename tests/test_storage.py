@@ -169,7 +169,7 @@ async def test_batch_mixes_urls_and_object_urls(
     assert ([True] * 3, inputs, inputs) == (
         [o.ok for o in outcomes],
         [o.source for o in outcomes],
-        [o.result.source for o in outcomes if o.result is not None],
+        [o.result.source for o in outcomes if o.ok],
     )
 
 

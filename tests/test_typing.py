@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,6 +80,30 @@ def test_misuse_is_rejected_by_mypy(mypy_errors: dict[str, set[tuple[int, str]]]
         if "# E: " in line
     }
     assert expected == mypy_errors.get("misuse.py", set())
+
+
+@pytest.mark.slow
+def test_typed_usage_passes_pyright_strict(tmp_path: Path) -> None:
+    """The same usage file type-checks under pyright in strict mode."""
+    config = tmp_path / "pyrightconfig.json"
+    config.write_text(json.dumps({"typeCheckingMode": "strict", "pythonVersion": "3.11"}))
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pyright", "--outputjson"),
+            *("--pythonpath", sys.executable, "--project", str(config), str(USAGE)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    problems = [
+        f"line {d['range']['start']['line'] + 1}: {d['message']}"
+        for d in report["generalDiagnostics"]
+    ]
+
+    assert [] == problems, "\n".join(problems)
 
 
 def test_usage_file_imports() -> None:

@@ -101,9 +101,10 @@ async def batch(client: MonicaClient, urls: list[str]) -> list[str]:
     async with contextlib.aclosing(stream):
         async for outcome in stream:
             assert_type(outcome, Outcome)
-            if outcome.ok and outcome.result is not None:
+            if outcome.ok:
+                assert_type(outcome.result, UpscaleResult)
                 done.append(outcome.result.url)
-            elif outcome.error is not None:
+            else:
                 assert_type(outcome.error, MonicaError)
     outcomes = await client.upscale_all(urls)
     assert_type(outcomes, list[Outcome])

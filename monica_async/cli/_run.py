@@ -341,10 +341,10 @@ class _Run:
     def settle(self, outcome: Outcome) -> None:
         """Record an outcome, or start its download."""
         record, began = self.taken.pop(outcome.index)
-        error = outcome.error
-        if isinstance(error, _Stopped):
-            return
-        if error is not None:
+        if not outcome.ok:
+            error = outcome.error
+            if isinstance(error, _Stopped):
+                return
             # An input the client refused to send (not a URL, an object it could not
             # read, a file it could not stage) failed at the input stage.
             stage = "input" if isinstance(error, InvalidRequestError | StorageError) else "upscale"
@@ -356,7 +356,6 @@ class _Run:
             if isinstance(error, AuthenticationError | PermissionDeniedError):
                 self.fail_fast(error)
             return
-        assert outcome.result is not None
         if not self.options.downloads:
             self.write(_success(record, outcome.result, began, None), ok=True)
             return

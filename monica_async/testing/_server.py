@@ -49,7 +49,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Self, TypeAlias
+from typing import Any, Final, Protocol, Self, TypeAlias
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -70,6 +70,7 @@ __all__ = [
     "RESET_PATH",
     "STATS_PATH",
     "FakeMonicaServer",
+    "FakeServerFactory",
     "FakeServerStats",
     "Fault",
     "Latency",
@@ -1003,6 +1004,18 @@ class FakeMonicaServer:
     async def _handle_reset(self, request: web.Request) -> web.StreamResponse:
         self.reset_stats()
         return web.json_response({"reset": True})
+
+
+class FakeServerFactory(Protocol):
+    """Type of the ``fake_monica_factory`` pytest fixture.
+
+    ``await fake_monica_factory(**options)`` starts a :class:`FakeMonicaServer` with
+    any of its keyword arguments; every server it started stops after the test.
+    """
+
+    def __call__(self, **options: Any) -> Awaitable[FakeMonicaServer]:
+        """Start a server with *options* and return it."""
+        ...
 
 
 def make_sample_image(width: int, height: int, format: str = "PNG", *, seed: int = 0) -> bytes:

@@ -1,0 +1,142 @@
+"""``MONICA_LOG=info|debug`` shows the library's log records on stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from monica_async._logs import LOG_ENV, configure_from_environment
+from monica_async.testing import FakeMonicaServer, Fault
+
+KEY = "sk-logs-0123456789-SECRET"
+#: A program that makes one call: the first attempt gets a 503, the retry succeeds.
+PROGRAM = """
+import asyncio, os, sys
+import monica_async
+from monica_async import MonicaClient
+
+monica_async.set_testing(True)
+
+
+async def main() -> None:
+    async with MonicaClient(os.environ["KEY"], base_url=os.environ["BASE_URL"]) as client:
+        await client.upscale("https://img.test/cat.png?signature=hidden")
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    """A logger of the library's tree, restored afterwards."""
+    logger = logging.getLogger("monica_async.test-logs")
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+@pytest.mark.parametrize(
+    ("value", "level"), [("debug", logging.DEBUG), ("info", logging.INFO), (" INFO ", logging.INFO)]
+)
+def test_a_known_level_adds_one_stderr_handler(
+    logger: logging.Logger, value: str, level: int
+) -> None:
+    """The logger gets the level and one stderr handler, however often it is configured."""
+    first = configure_from_environment({LOG_ENV: value}, logger.name)
+    second = configure_from_environment({LOG_ENV: value}, logger.name)
+
+    assert isinstance(first, logging.StreamHandler)
+    assert (level, [first], first, sys.stderr) == (
+        logger.level,
+        logger.handlers,
+        second,
+        first.stream,
+    )
+
+
+@pytest.mark.parametrize("environ", [{}, {LOG_ENV: ""}, {LOG_ENV: "  "}])
+def test_unset_changes_nothing(logger: logging.Logger, environ: dict[str, str]) -> None:
+    """Without MONICA_LOG the library's loggers are left to the application."""
+    assert (None, [], logging.NOTSET) == (
+        configure_from_environment(environ, logger.name),
+        logger.handlers,
+        logger.level,
+    )
+
+
+def test_an_unknown_value_is_ignored_with_a_warning_naming_the_choices(
+    logger: logging.Logger,
+) -> None:
+    """MONICA_LOG=verbose warns, naming the variable and its values, and changes nothing."""
+    with pytest.warns(RuntimeWarning, match=r"MONICA_LOG must be 'info' or 'debug', got 'verbose'"):
+        handler = configure_from_environment({LOG_ENV: "verbose"}, logger.name)
+
+    assert (None, []) == (handler, logger.handlers)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeMonicaServer]:
+    """A fake server whose first answer is a 503."""
+    async with FakeMonicaServer(api_key=KEY, process_images=False) as server:
+        server.queue_faults([Fault.HTTP_503])
+        yield server
+
+
+async def _stderr_of_program(server: FakeMonicaServer, log: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != LOG_ENV}
+    env.update(KEY=KEY, BASE_URL=server.base_url)
+    if log is not None:
+        env[LOG_ENV] = log
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-W", "error", "-c", PROGRAM),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert (0, b"") == (process.returncode, out), err.decode()
+    return err.decode()
+
+
+_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>.*)$")
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        (
+            "debug",
+            [
+                ("DEBUG", r"POST /v1/image/tool/upscale -> 503 in \d\.\d{3}s \(attempt 1\)"),
+                ("INFO", r"upscale https://img\.test/cat\.png: retrying in \S+ after HTTP 503 "),
+                ("DEBUG", r"POST /v1/image/tool/upscale -> 200 in \d\.\d{3}s \(attempt 2\)"),
+            ],
+        ),
+        ("info", [("INFO", r"upscale https://img\.test/cat\.png: retrying in ")]),
+        (None, []),
+    ],
+)
+async def test_a_program_shows_its_records_on_stderr(
+    server: FakeMonicaServer, log: str | None, expected: list[tuple[str, str]]
+) -> None:
+    """A real program logs each attempt at DEBUG and each retry at INFO, and no secret."""
+    err = await _stderr_of_program(server, log)
+    lines = [_LINE.match(line) for line in err.splitlines()]
+
+    assert all(lines), err
+    assert [(level, "monica_async") for level, _ in expected] == [
+        (m["level"], m["logger"]) for m in lines if m
+    ]
+    for (_, pattern), line in zip(expected, lines, strict=True):
+        assert line is not None
+        assert re.match(pattern, line["message"]), line["message"]
+    assert KEY not in err
+    assert "signature" not in err
