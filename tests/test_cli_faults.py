@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,61 +15,35 @@ from typing import Any
 import attrs
 import pytest
 from aiohttp import web
+from cli_helpers import PROCESS_TIMEOUT, Cli, Finished
 
 from monica_async.testing import FakeMonicaServer
 
 KEY = "cli-faults-test-key"
-#: A bound on how long a process may take before the test gives up: never a speed check.
-PROCESS_TIMEOUT = 45.0
-CLI = [sys.executable, "-m", "monica_async"]
+cli = Cli(KEY)
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
 @attrs.frozen
-class Finished:
-    """A process that ended: its status, what it printed and the records it wrote."""
+class Recorded(Finished):
+    """A run that ended, with the records it wrote to ``out.jsonl``."""
 
-    code: int
-    out: str
-    err: str
     records: list[dict[str, Any]]
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONICA_")}
-    env["MONICA_API_KEY"] = KEY
-    return env
-
-
 async def _spawn(*args: str, cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *CLI,
-        "run",
-        *args,
-        cwd=cwd,
-        env=_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    return await cli.spawn("run", *args, cwd=cwd)
 
 
-async def _run(*args: str, cwd: Path) -> Finished:
-    process = await _spawn(*args, cwd=cwd)
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
+async def _run(*args: str, cwd: Path) -> Recorded:
+    finished = await cli.finish(await _spawn(*args, cwd=cwd))
     output = cwd / "out.jsonl"
     records = (
         [json.loads(line) for line in output.read_text("utf-8").splitlines()]
         if output.exists()
         else []
     )
-    return Finished(process.returncode, out.decode(), err.decode(), records)
+    return Recorded(finished.code, finished.out, finished.err, records)
 
 
 @pytest.fixture

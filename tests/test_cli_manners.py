@@ -18,11 +18,10 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import attrs
 import pytest
 from aiohttp import web
+from cli_helpers import PROCESS_TIMEOUT, Cli
 
 from monica_async.cli._main import build_parser, run_options
 from monica_async.cli._options import RunOptions
@@ -31,56 +30,9 @@ from monica_async.testing import FakeMonicaServer, Fault
 from monica_async.testing._serve import build_parser as build_serve_parser
 
 KEY = "cli-manners-SECRET-key-0123456789"
-#: A bound on how long a process may take before the test gives up: never a speed check.
-PROCESS_TIMEOUT = 45.0
-CLI = [sys.executable, "-m", "monica_async"]
+cli = Cli(KEY)
 #: A Python argument name (allow_insecure_http, base_url...): no refusal may show one.
 PYTHON_NAME = re.compile(r"\b[a-z]+(?:_[a-z]+)+\b")
-
-
-@attrs.frozen
-class Finished:
-    """A process that ended: its status and what it printed."""
-
-    code: int
-    out: str
-    err: str
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONICA_")}
-    env["MONICA_API_KEY"] = KEY
-    env.update(extra)
-    return env
-
-
-async def _spawn(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdout: Any = None
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=cwd,
-        env=_env() if env is None else env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE if stdout is None else stdout,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _finish(process: asyncio.subprocess.Process) -> Finished:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Finished(process.returncode, (out or b"").decode(), (err or b"").decode())
-
-
-async def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Finished:
-    return await _finish(await _spawn(*args, cwd=cwd, env=env))
 
 
 @pytest.fixture
@@ -105,7 +57,7 @@ async def test_output_dash_streams_json_lines_and_nothing_else_to_stdout(
 ) -> None:
     """``-o -``: stdout, read line by line, is one JSON record per input and nothing else."""
     path, urls = _inputs(tmp_path, server, 5)
-    process = await _spawn("run", path, "-o", "-", "--base-url", server.base_url, cwd=tmp_path)
+    process = await cli.spawn("run", path, "-o", "-", "--base-url", server.base_url, cwd=tmp_path)
     assert process.stdout is not None
     assert process.stderr is not None
     err_task = asyncio.ensure_future(process.stderr.read())
@@ -130,7 +82,7 @@ async def test_output_dash_composes_with_a_json_parser_in_a_pipe(
     """``run ... -o - | python -c 'parse each line'`` works as a pipeline of two processes."""
     path, _ = _inputs(tmp_path, server, 4)
     read_end, write_end = os.pipe()
-    producer = await _spawn(
+    producer = await cli.spawn(
         "run", path, "-o", "-", "--base-url", server.base_url, cwd=tmp_path, stdout=write_end
     )
     os.close(write_end)
@@ -139,15 +91,17 @@ async def test_output_dash_composes_with_a_json_parser_in_a_pipe(
         sys.executable, "-c", parse, stdin=read_end, stdout=asyncio.subprocess.PIPE
     )
     os.close(read_end)
-    produced = await _finish(producer)
-    parsed = await _finish(consumer)
+    produced = await cli.finish(producer)
+    parsed = await cli.finish(consumer)
     assert (0, 0, "[1, 2, 3, 4]") == (produced.code, parsed.code, parsed.out.strip())
 
 
 async def test_output_file_leaves_stdout_empty(server: FakeMonicaServer, tmp_path: Path) -> None:
     """With ``-o FILE``, stdout stays empty: the banner, progress and summary are on stderr."""
     path, _ = _inputs(tmp_path, server, 2)
-    result = await _run("run", path, "-o", "out.jsonl", "--base-url", server.base_url, cwd=tmp_path)
+    result = await cli.run(
+        "run", path, "-o", "out.jsonl", "--base-url", server.base_url, cwd=tmp_path
+    )
     assert (0, "", True, True) == (
         result.code,
         result.out,
@@ -163,7 +117,7 @@ async def test_reader_going_away_stops_the_run_quietly(tmp_path: Path) -> None:
     async with FakeMonicaServer(api_key=KEY, process_images=False, latency=0.05) as slow:
         path, _ = _inputs(tmp_path, slow, 200)
         read_end, write_end = os.pipe()
-        process = await _spawn(
+        process = await cli.spawn(
             "run",
             path,
             "-o",
@@ -178,7 +132,7 @@ async def test_reader_going_away_stops_the_run_quietly(tmp_path: Path) -> None:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as reader:
             first = await asyncio.to_thread(reader.readline)
-        result = await _finish(process)
+        result = await cli.finish(process)
         sent = slow.stats.total
     assert (141, True, False, True) == (
         result.code,
@@ -196,7 +150,7 @@ async def test_quiet_prints_nothing_when_all_succeed(
 ) -> None:
     """``-q`` on a clean run: no banner, no progress, no summary."""
     path, _ = _inputs(tmp_path, server, 2)
-    result = await _run(
+    result = await cli.run(
         "run", path, "-o", "out.jsonl", "--base-url", server.base_url, "-q", cwd=tmp_path
     )
     assert (0, "", "") == (result.code, result.out, result.err)
@@ -208,7 +162,7 @@ async def test_quiet_prints_one_line_when_some_fail(
     """``-q`` with failures: one error line that counts them and says where to look."""
     path, urls = _inputs(tmp_path, server, 3)
     server.script_faults(urls[0], [Fault.HTTP_500])
-    result = await _run(
+    result = await cli.run(
         "run",
         path,
         "-o",
@@ -235,7 +189,7 @@ async def test_verbose_shows_each_retry_and_never_the_key(
     """``-v`` shows a retry at INFO with its reason; no attempt lines; the key never shows."""
     path, urls = _inputs(tmp_path, server, 2)
     server.script_faults(urls[1], [Fault.HTTP_503])
-    result = await _run(
+    result = await cli.run(
         "run", path, "-o", "out.jsonl", "--base-url", server.base_url, "-v", cwd=tmp_path
     )
     retries = [line for line in result.err.splitlines() if "retrying" in line]
@@ -256,7 +210,7 @@ async def test_very_verbose_shows_every_attempt_and_never_the_key(
     """``-vv`` shows every HTTP attempt at DEBUG, retries included; the key never shows."""
     path, urls = _inputs(tmp_path, server, 3)
     server.script_faults(urls[0], [Fault.HTTP_503])
-    result = await _run(
+    result = await cli.run(
         "run", path, "-o", "out.jsonl", "--base-url", server.base_url, "-vv", cwd=tmp_path
     )
     attempts = [line for line in result.err.splitlines() if line.startswith("DEBUG ")]
@@ -296,7 +250,7 @@ async def test_log_records_print_above_the_progress_bar(
 
 async def test_quiet_and_verbose_together_are_refused(tmp_path: Path) -> None:
     """``-q`` and ``-v`` contradict each other: a usage error naming both."""
-    result = await _run("run", "in.txt", "-o", "out.jsonl", "-q", "-v", cwd=tmp_path)
+    result = await cli.run("run", "in.txt", "-o", "out.jsonl", "-q", "-v", cwd=tmp_path)
     assert (2, True) == (result.code, "-q/--quiet" in result.err and "-v" in result.err)
 
 
@@ -356,10 +310,10 @@ async def test_each_refusal_names_a_flag_the_command_has(
     """A refusal says which flag to change, and that flag exists (no Python argument names)."""
     (tmp_path / "in.txt").write_text("http://127.0.0.1:9/a.png\n")
     (tmp_path / "done.jsonl").write_text('{"line": 1, "source": "x", "ok": true}\n')
-    env = _env(**env_change)
+    env = cli.env(**env_change)
     if env_change.get("MONICA_API_KEY") == "":
         del env["MONICA_API_KEY"]
-    result = await _run(*args, cwd=tmp_path, env=env)
+    result = await cli.run(*args, cwd=tmp_path, env=env)
     last = result.err.splitlines()[-1]
     assert (2, True, True, False, "") == (
         result.code,
@@ -409,7 +363,7 @@ async def test_plain_http_result_is_not_downloaded_without_the_flag(tmp_path: Pa
     port = runner.addresses[0][1]
     try:
         (tmp_path / "in.txt").write_text(f"http://127.0.0.1:{port}/cat.png\n")
-        result = await _run(
+        result = await cli.run(
             "run",
             "in.txt",
             "-o",
@@ -453,7 +407,7 @@ def test_every_option_of_every_subcommand_has_help_text() -> None:
 
 async def test_run_help_ends_with_examples(tmp_path: Path) -> None:
     """``run --help`` ends with examples: a file, stdin, a rate, resume, shards, Redis."""
-    result = await _run("run", "--help", cwd=tmp_path)
+    result = await cli.run("run", "--help", cwd=tmp_path)
     examples = result.out[result.out.index("examples:") :]
     commands = [line.strip() for line in examples.splitlines() if "monica-upscale run" in line]
     wanted = {
@@ -470,7 +424,7 @@ async def test_run_help_ends_with_examples(tmp_path: Path) -> None:
 
 async def test_demo_help_states_the_limits_of_count(tmp_path: Path) -> None:
     """``demo --help`` says how few and how many pictures --count takes."""
-    result = await _run("demo", "--help", cwd=tmp_path)
+    result = await cli.run("demo", "--help", cwd=tmp_path)
     text = " ".join(result.out.split())
     assert (0, True) == (result.code, "--count N pictures, 6 to 200" in text)
 
@@ -533,5 +487,5 @@ async def test_importing_the_library_loads_no_command_line_module(tmp_path: Path
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
     )
-    result = await _finish(process)
+    result = await cli.finish(process)
     assert (0, "[]") == (result.code, result.out.strip())

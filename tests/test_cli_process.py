@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import signal
 import sys
@@ -18,62 +17,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
+from cli_helpers import PROCESS_TIMEOUT, Cli
 
 from monica_async.testing import FakeMonicaServer
 
 pytest_plugins = ["conftest_redis"]
 
 KEY = "cli-process-test-key"
-#: A bound on how long a process may take before the test gives up: never a speed check.
-PROCESS_TIMEOUT = 45.0
-CLI = [sys.executable, "-m", "monica_async"]
-
-
-@attrs.frozen
-class Finished:
-    """A process that ended: its status and what it printed."""
-
-    code: int
-    out: str
-    err: str
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MONICA_")}
-    env["MONICA_API_KEY"] = KEY
-    env.update(extra)
-    return env
-
-
-async def _spawn(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: int | None = None
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=cwd,
-        env=_env() if env is None else env,
-        stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _finish(process: asyncio.subprocess.Process, data: bytes | None = None) -> Finished:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(data), PROCESS_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Finished(process.returncode, (out or b"").decode(), (err or b"").decode())
-
-
-async def _run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Finished:
-    return await _finish(await _spawn(*args, cwd=cwd, env=env))
+cli = Cli(KEY)
 
 
 def _records(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -141,10 +93,10 @@ async def test_usage_errors_are_one_line_with_status_2(
     """Each usage or configuration error is one line on stderr, no traceback, status 2."""
     (tmp_path / "in.txt").write_text("http://127.0.0.1:9/a.png\n")
     (tmp_path / "in.csv").write_text("id,link\n1,http://127.0.0.1:9/a.png\n")
-    env = _env(**env_change)
+    env = cli.env(**env_change)
     if env_change.get("MONICA_API_KEY") == "":
         del env["MONICA_API_KEY"]
-    result = await _run(*args, cwd=tmp_path, env=env)
+    result = await cli.run(*args, cwd=tmp_path, env=env)
     lines = result.err.splitlines()
     assert (2, 1, True, False, "") == (
         result.code,
@@ -167,11 +119,11 @@ async def test_missing_rich_is_one_line_naming_the_extra(tmp_path: Path) -> None
         "-c",
         code,
         cwd=tmp_path,
-        env=_env(),
+        env=cli.env(),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    result = await _finish(process)
+    result = await cli.finish(process)
     assert (
         2,
         ['monica-upscale: error: the command line needs rich: pip install "monica-async[cli]"'],
@@ -187,7 +139,7 @@ async def test_import_monica_async_does_not_import_rich(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
     )
-    result = await _finish(process)
+    result = await cli.finish(process)
     assert "False False" == result.out.strip()
 
 
@@ -197,7 +149,7 @@ async def test_entry_point_is_installed(tmp_path: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         str(script), "--version", cwd=tmp_path, stdout=asyncio.subprocess.PIPE
     )
-    result = await _finish(process)
+    result = await cli.finish(process)
     assert (0, True) == (result.code, result.out.startswith("monica-upscale "))
 
 
@@ -213,7 +165,7 @@ async def test_exit_status_tells_whether_every_input_succeeded(
     for url in urls[:failing]:
         server.script_faults(url, [server_fault()])
     path = _write_urls(tmp_path / "in.txt", urls)
-    result = await _run(
+    result = await cli.run(
         "run",
         path,
         "-o",
@@ -238,7 +190,7 @@ async def test_stdin_input_is_read_line_by_line(server: FakeMonicaServer, tmp_pa
     """``-`` reads the URLs from stdin, with the same line numbering as a file."""
     urls = _urls(server, 3)
     data = ("# from a pipe\n" + "\n".join(urls) + "\n").encode()
-    process = await _spawn(
+    process = await cli.spawn(
         "run",
         "-",
         "-o",
@@ -248,7 +200,7 @@ async def test_stdin_input_is_read_line_by_line(server: FakeMonicaServer, tmp_pa
         cwd=tmp_path,
         stdin=asyncio.subprocess.PIPE,
     )
-    result = await _finish(process, data)
+    result = await cli.finish(process, data)
     records, _ = _records(tmp_path / "out.jsonl")
     assert (0, [(2, urls[0]), (3, urls[1]), (4, urls[2])]) == (
         result.code,
@@ -261,7 +213,9 @@ async def test_plain_progress_and_summary_on_stderr_when_it_is_not_a_terminal(
 ) -> None:
     """Piped stderr gets plain lines (no terminal control codes) and the summary."""
     path = _write_urls(tmp_path / "in.txt", _urls(server, 2))
-    result = await _run("run", path, "-o", "out.jsonl", "--base-url", server.base_url, cwd=tmp_path)
+    result = await cli.run(
+        "run", path, "-o", "out.jsonl", "--base-url", server.base_url, cwd=tmp_path
+    )
     assert (False, True, True) == (
         "\x1b[" in result.err,
         "Finished in" in result.err,
@@ -287,7 +241,7 @@ async def test_signal_lets_in_flight_requests_finish_and_prints_the_resume_comma
     async with FakeMonicaServer(api_key=KEY, process_images=False, latency=1.5) as server:
         urls = _urls(server, 12)
         path = _write_urls(tmp_path / "in.txt", urls)
-        process = await _spawn(
+        process = await cli.spawn(
             "run",
             path,
             "-o",
@@ -300,16 +254,16 @@ async def test_signal_lets_in_flight_requests_finish_and_prints_the_resume_comma
         )
         await _until(lambda: server.stats.in_flight == 3, "three requests in flight")
         process.send_signal(signum)
-        result = await _finish(process)
+        result = await cli.finish(process)
         sent_before_resume = server.stats.total
         records, unreadable = _records(tmp_path / "out.jsonl")
         server.latency = None
         hint = _resume_hint(result.err)
-        resumed = await _finish(
+        resumed = await cli.finish(
             await asyncio.create_subprocess_exec(
                 *hint,
                 cwd=tmp_path,
-                env=_env(),
+                env=cli.env(),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
@@ -335,7 +289,7 @@ async def test_second_sigint_cancels_requests_in_flight(tmp_path: Path) -> None:
     """A second Ctrl-C does not wait for slow requests: nothing is recorded, exit 130."""
     async with FakeMonicaServer(api_key=KEY, process_images=False, latency=60.0) as server:
         path = _write_urls(tmp_path / "in.txt", _urls(server, 4))
-        process = await _spawn(
+        process = await cli.spawn(
             "run",
             path,
             "-o",
@@ -355,7 +309,7 @@ async def test_second_sigint_cancels_requests_in_flight(tmp_path: Path) -> None:
             assert line, "the process ended before acknowledging the first SIGINT"
             seen += line
         process.send_signal(signal.SIGINT)
-        result = await _finish(process)
+        result = await cli.finish(process)
     records, _ = _records(tmp_path / "out.jsonl")
     assert (130, [], True) == (
         result.code,
@@ -372,14 +326,14 @@ async def test_sigkill_then_resume_sends_no_success_twice(tmp_path: Path) -> Non
         urls = _urls(server, count)
         path = _write_urls(tmp_path / "in.txt", urls)
         args = ["run", path, "-o", "out.jsonl", "--base-url", server.base_url]
-        process = await _spawn(*args, "--concurrency", "4", cwd=tmp_path)
+        process = await cli.spawn(*args, "--concurrency", "4", cwd=tmp_path)
         out = tmp_path / "out.jsonl"
         await _until(lambda: out.exists() and out.read_bytes().count(b"\n") >= 10, "ten records")
         process.kill()
         await process.wait()
         killed, _ = _records(out)
         written_before = {r["source"] for r in killed if r["ok"]}
-        resumed = await _run(*args, "--resume", cwd=tmp_path)
+        resumed = await cli.run(*args, "--resume", cwd=tmp_path)
         final, unreadable = _records(out)
         attempts = server.stats.attempts_by_image
     successes = Counter(r["line"] for r in final if r["ok"])
@@ -407,10 +361,10 @@ async def test_shards_share_one_rate_limit_through_redis(tmp_path: Path, redis_s
         common = ["run", path, "--base-url", server.base_url, "--rate", "3/3s"]
         common += ["--redis-url", redis_server.url, "--retries", "0"]
         shards = [
-            await _spawn(*common, "--shard", f"{k}/2", "-o", f"out-{k}.jsonl", cwd=tmp_path)
+            await cli.spawn(*common, "--shard", f"{k}/2", "-o", f"out-{k}.jsonl", cwd=tmp_path)
             for k in range(2)
         ]
-        results = [await _finish(process) for process in shards]
+        results = [await cli.finish(process) for process in shards]
         rate_limited = server.stats.rate_limited
     lines = sorted(
         r["line"] for k in range(2) for r in _records(tmp_path / f"out-{k}.jsonl")[0] if r["ok"]
@@ -427,9 +381,9 @@ async def test_shards_share_one_rate_limit_through_redis(tmp_path: Path, redis_s
 
 async def test_serve_fake_prints_its_url_and_stops_on_sigint(tmp_path: Path) -> None:
     """``serve-fake`` runs the fake server until Ctrl-C, printing where it listens."""
-    process = await _spawn("serve-fake", "--port", "0", cwd=tmp_path)
+    process = await cli.spawn("serve-fake", "--port", "0", cwd=tmp_path)
     assert process.stdout is not None
     line = await asyncio.wait_for(process.stdout.readline(), PROCESS_TIMEOUT)
     process.send_signal(signal.SIGINT)
-    result = await _finish(process)
+    result = await cli.finish(process)
     assert (True, 0) == (line.decode().startswith("READY http://127.0.0.1:"), result.code)

@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import os
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+from cli_helpers import Cli
 
 from monica_async.cli._main import build_parser, run_options
 from monica_async.cli._options import UsageError
@@ -33,7 +33,6 @@ pytestmark = pytest.mark.storage
 HINT = "monica-upscale run ... --resume"
 PICTURE = make_sample_image(20, 12)
 PROCESS_TIMEOUT = 60.0
-CLI = [sys.executable, "-m", "monica_async"]
 
 
 @attrs.frozen
@@ -302,32 +301,9 @@ async def test_directory_without_staging_is_a_usage_error(run_cli: RunCli, tmp_p
 # -- as a real process -------------------------------------------------------------------------
 
 
-def _env(api_key: str, s3_env: dict[str, str], **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONICA_", "AWS_"))}
-    return {**env, **s3_env, "MONICA_API_KEY": api_key, **extra}
-
-
-async def _spawn(*args: str, cwd: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def _finish(process: asyncio.subprocess.Process) -> tuple[int, str]:
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, (out + err).decode()
+def _cli(api_key: str) -> Cli:
+    """The command line as a process, inheriting no MONICA_* or AWS_* setting of this one."""
+    return Cli(api_key, timeout=PROCESS_TIMEOUT, cleared=("MONICA_", "AWS_"))
 
 
 @pytest.mark.slow
@@ -341,9 +317,10 @@ async def test_sigkill_then_resume_leaves_exactly_the_recorded_objects(
         args = ["run", _write(tmp_path / "in.txt", inputs), "-o", "out.jsonl"]
         args += ["--base-url", server.base_url, "--download-dir", bucket.url("out/")]
         args += ["--concurrency", "4"]
-        env = _env(api_key, s3_env)
+        cli = _cli(api_key)
+        env = cli.env(**s3_env)
         out = tmp_path / "out.jsonl"
-        process = await _spawn(*args, cwd=tmp_path, env=env)
+        process = await cli.spawn(*args, cwd=tmp_path, env=env)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PROCESS_TIMEOUT
         while not (out.exists() and out.read_bytes().count(b"\n") >= 8):
@@ -352,7 +329,8 @@ async def test_sigkill_then_resume_leaves_exactly_the_recorded_objects(
         process.kill()
         await process.wait()
         killed = [r for r in _records(out) if r["ok"]]
-        code, printed = await _finish(await _spawn(*args, "--resume", cwd=tmp_path, env=env))
+        resumed = await cli.run(*args, "--resume", cwd=tmp_path, env=env)
+        code, printed = resumed.code, resumed.out + resumed.err
     final = _records(out)
     successes = Counter(r["line"] for r in final if r["ok"])
     recorded = sorted(r["path"] for r in final if r["ok"])
@@ -377,11 +355,11 @@ async def test_without_the_storage_extra_the_run_names_it(
     shadow = tmp_path / "shadow" / "obstore"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ImportError("obstore is not installed")\n')
-    env = _env(api_key, s3_env, PYTHONPATH=str(tmp_path / "shadow"))
+    cli = _cli(api_key)
+    env = cli.env(**s3_env, PYTHONPATH=str(tmp_path / "shadow"))
     args = ["run", _write(tmp_path / "in.txt", []), "-o", "out.jsonl"]
-    code, printed = await _finish(
-        await _spawn(*args, "--download-dir", "s3://bucket/out/", cwd=tmp_path, env=env)
-    )
+    finished = await cli.run(*args, "--download-dir", "s3://bucket/out/", cwd=tmp_path, env=env)
+    code, printed = finished.code, finished.out + finished.err
     assert (2, True) == (code, 'pip install "monica-async[storage]"' in printed), printed
 
 
