@@ -64,6 +64,7 @@ class _Body:
 class _Answer:
     status = 200
     headers = _ANSWER_HEADERS
+    content_length = len(_BODY)
 
     def __init__(self) -> None:
         self.content = _Body()

@@ -116,6 +116,11 @@ async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[byt
     At most ``limit + 1`` bytes are ever held, whatever the server sends (or inflates
     to, when the body is compressed); a body over the limit is left unread.
     """
+    length = response.content_length
+    if length is not None and length <= limit and "content-encoding" not in response.headers:
+        # The common case, where aiohttp's own read is the cheapest: a declared length
+        # under the cap (and no compression to inflate it), so nothing more can come.
+        return await response.read(), True
     content = response.content
     data = await content.read(limit + 1)
     if content.at_eof() or not data:

@@ -414,6 +414,14 @@ class AdaptiveRateLimit(_Booking):
     async def acquire(self) -> float:
         """Wait until one more attempt may start; return the seconds waited."""
         unpaced = self._rate is None
+        if unpaced and self._learn_from is None:
+            now = time.monotonic()
+            if now >= self._pause.not_before:
+                # No rate, no pause: nothing to wait for (the hot path of a batch).
+                if now >= self._next_mark:
+                    self._mark(now)
+                self._sent += 1
+                return 0.0
         waited = await super().acquire()
         now = time.monotonic()
         if self._learn_from is not None and now >= self._pause.not_before:
