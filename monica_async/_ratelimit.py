@@ -363,9 +363,9 @@ class AdaptiveRateLimit(_Booking):
     - **Probing**: while the limiter is what holds callers back (they wait for
       its pace and the last second's attempts used it), the rate grows by 5%
       every second (additive increase), so a limit that rises is found again; a
-      429 meanwhile measures it anew (the rate times the share accepted, at most
-      once per measuring span) without pausing anyone, since the pace is then
-      what the server refused.
+      429 meanwhile measures it anew (95% of the rate times the share accepted,
+      at most once per measuring span, and no probing for a span after it)
+      without pausing anyone, since the pace is then what the server refused.
 
     Starts are spaced evenly (GCRA without burst). This is what a client uses when
     it is given no ``rate_limit``.
@@ -543,10 +543,12 @@ class AdaptiveRateLimit(_Booking):
             sent, accepted = self._last_second(now)
             if sent > 0 and accepted * self._measure_span(now) >= _MIN_SAMPLES:
                 # The share the server accepted of what was sent at this pace is its
-                # limit measured (a little under it after a burst that shows a limit).
-                self._set_rate((0.95 if limit else 1.0) * rate * accepted / sent, now)
+                # limit measured: pace at least 5% under it.
+                self._set_rate(0.95 * rate * min(1.0, accepted / sent), now)
             else:
                 self._set_rate(rate * self.decrease, now)
+            # No probing for a measuring span: the refusal said where the limit is.
+            self._grown = max(self._grown, now + self._measure_span(now))
         if not limit:
             return 0.0  # a slower pace is enough: no one else waits for this one
         pause = self._pause.extend(retry_after, now, started)
