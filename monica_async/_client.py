@@ -464,7 +464,8 @@ class MonicaClient:
                 exc.attempts = number
                 stats.rate_limited += 1
                 if auto is not None and (
-                    auto.rate_limited(time.monotonic(), stats.in_flight - 1) is Blame.CONCURRENCY
+                    auto.rate_limited(time.monotonic(), stats.in_flight - 1, in_flight)
+                    is Blame.CONCURRENCY
                 ):
                     # Too many in flight, not too fast: fewer places, no shared pause.
                     raise

@@ -23,11 +23,14 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    accepted attempt lately (and not alone), or among enough others to show a limit
    (:class:`~monica_async._ratelimit.Evidence`), is put down to the number in
    flight: the cap becomes the number the server was working on, and no one
-   pauses. (An adaptive limiter instead learns the rate that fits: a cap of *C*
-   at latency *L* is a rate of *C / L*.) While callers wait at the cap it is
-   probed upward by 5% (at least one place) every ``max(1 s, median latency)``
-   without such a 429 (additive increase, multiplicative decrease: AIMD on
-   concurrency).
+   pauses. An adaptive limiter instead learns the rate that fits (a cap of *C* at
+   latency *L* is a rate of *C / L*), but at a steady pace the spread of latencies
+   still pushes the number in flight over the cap now and then: once it paces, two
+   429s for attempts sent with more in flight than any accepted lately set the cap
+   to the most accepted, and those 429s do not cut the rate. While callers wait at
+   the cap it is probed upward by 5% (at least one place) every
+   ``max(1 s, median latency)`` without such a 429 (additive increase,
+   multiplicative decrease: AIMD on concurrency).
 
 The target never exceeds ``max_limit`` (:data:`~monica_async._config.MAX_AUTO_CONCURRENCY`
 by default) and never falls below one.
@@ -117,6 +120,7 @@ class AutoConcurrency:
         self._high = 0
         self._high_next = 0
         self._high_until = 0.0
+        self._over_high = 0
         self._ticking = False
         self._lowest_median = math.inf
         self._cap_hit = -math.inf
@@ -164,23 +168,35 @@ class AutoConcurrency:
             # A rolling maximum over the last one or two periods.
             self._high, self._high_next = self._high_next, 0
             self._high_until = now + _HIGH_PERIOD
-        self._high = max(self._high, in_flight)
+        if in_flight > self._high:
+            self._over_high = 0  # refusals above the old high did not show a cap
+            self._high = in_flight
         self._high_next = max(self._high_next, in_flight)
         if now >= self._next_update:
             self.update(now)
 
-    def rate_limited(self, now: float, in_flight: int) -> Blame:
+    def rate_limited(self, now: float, in_flight: int, sent_with: int) -> Blame:
         """Put a 429 down to the rate or to the number in flight (or to both).
 
         Args:
             now: When the 429 arrived.
             in_flight: Attempts in flight when it arrived, itself excluded: those the
                 server was working on, give or take the refusals on their way back.
+            sent_with: Attempts in flight when it was sent, itself included.
         """
         self._evidence.add(True)
         if not self._fixed_rate:
-            # An adaptive limiter learns the rate that fits, whatever the server counts.
-            return Blame.RATE
+            # An adaptive limiter learns the rate that fits, whatever the server counts,
+            # unless it already paces and the refusals come only above the most in
+            # flight accepted lately: a cap, which the spread of latencies crosses.
+            high = self._high
+            if self._rate() is None or high == 0 or sent_with <= high:
+                return Blame.RATE
+            self._over_high += 1
+            if self._over_high < 2:
+                return Blame.RATE
+            self._cap_at(now, high, f"429s above {high} in flight: cap {high}")
+            return Blame.CONCURRENCY
         # As many in flight as ever accepted lately (or as the cap being probed) is
         # a high number in flight; a refusal below it needs others around it.
         high = self._high if self.cap is None else min(self._high, self.cap)
@@ -190,11 +206,15 @@ class AutoConcurrency:
         # A fixed limiter paces below the server's rate limit by construction: the
         # server refused the number in flight.
         cap = max(1, in_flight)
+        self._cap_at(now, cap, f"429 with {in_flight} in flight: cap {min(cap, self.cap or cap)}")
+        return Blame.CONCURRENCY
+
+    def _cap_at(self, now: float, cap: int, reason: str) -> None:
+        """Lower the cap to *cap* (it is never raised here) and the target with it."""
         if self.cap is None or cap < self.cap:
             self.cap = cap
         self._cap_hit = now
-        self._set(min(self.limit, self.cap), f"429 with {in_flight} in flight: cap {self.cap}")
-        return Blame.CONCURRENCY
+        self._set(min(self.limit, self.cap), reason)
 
     def update(self, now: float) -> None:
         """Recompute the target from the rate, the latencies and the demand seen."""

@@ -16,7 +16,6 @@ import json
 import platform
 import re
 import urllib.request
-import weakref
 from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any, Final
@@ -358,6 +357,8 @@ def _bypassed(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
+#: The attribute that marks a connection's protocol once handed out.
+_HANDED_OUT: Final = "_monica_handed_out"
 _reused: contextvars.ContextVar[bool] = contextvars.ContextVar("monica_reused", default=False)
 
 
@@ -376,20 +377,17 @@ class ReuseAwareConnector(aiohttp.TCPConnector):
     A keep-alive connection can be closed by the server at the very moment a request
     is written to it; that failure says nothing about the server and is worth an
     immediate retry, which only a reused connection deserves. Cheaper than a trace
-    config (one set lookup per request against a dozen trace hooks).
+    config (a dozen trace hooks a request) or a set of the connections handed out (a
+    weak reference a request): the connection's protocol object carries the mark.
     """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._handed_out: weakref.WeakSet[object] = weakref.WeakSet()
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
         """Get a connection from the pool or open one, noting which it was."""
-        _reused.set(False)
         connection = await super().connect(req, traces, timeout)
         protocol = connection.protocol
-        if protocol in self._handed_out:
-            _reused.set(True)
-        elif protocol is not None:
-            self._handed_out.add(protocol)
+        reused = getattr(protocol, _HANDED_OUT, False)
+        if not reused and protocol is not None:
+            with contextlib.suppress(AttributeError):  # a protocol without a __dict__
+                setattr(protocol, _HANDED_OUT, True)
+        _reused.set(reused)
         return connection

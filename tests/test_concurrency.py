@@ -148,7 +148,7 @@ class TestController:
         for _ in range(10):
             auto.accepted(now, 2.0, 12)
         auto.update(now + 0.1)
-        blames = [auto.rate_limited(now, 12) for _ in range(2)]
+        blames = [auto.rate_limited(now, 12, 13) for _ in range(2)]
         assert Blame.CONCURRENCY == blames[-1]
         assert (12, 12) == (auto.cap, auto.limit)
         assert "cap 12" in auto.reason
@@ -159,14 +159,46 @@ class TestController:
         now = time.monotonic()
         for _ in range(40):
             auto.accepted(now, 1.0, 20)
-        assert Blame.RATE == auto.rate_limited(now, 5)
+        assert Blame.RATE == auto.rate_limited(now, 5, 6)
         assert auto.cap is None
 
     def test_an_adaptive_limiter_learns_instead(self) -> None:
-        """Without a fixed rate, 429s are the limiter's to learn from."""
+        """Without a fixed rate, 429s among accepted numbers in flight are the limiter's."""
         auto = AutoConcurrency(16, 256, lambda: 10.0)
-        assert [Blame.RATE] * 5 == [auto.rate_limited(time.monotonic(), 16) for _ in range(5)]
-        assert auto.cap is None
+        now = time.monotonic()
+        for _ in range(10):
+            auto.accepted(now, 1.0, 16)
+        blames = [auto.rate_limited(now, 15, 16) for _ in range(5)]
+        assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
+
+    def test_an_adaptive_limiter_learns_until_it_has_a_rate(self) -> None:
+        """Refusals above everything accepted, before a rate is learned, are the limiter's."""
+        auto = AutoConcurrency(16, 256, lambda: None)
+        now = time.monotonic()
+        for _ in range(10):
+            auto.accepted(now, 1.0, 10)
+        blames = [auto.rate_limited(now, 11, 12) for _ in range(5)]
+        assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
+
+    def test_refusals_above_the_accepted_at_a_learned_rate_set_a_cap(self) -> None:
+        """At a learned pace, the second refusal sent with more in flight than any
+        accepted lately caps the target at the most accepted; the first is the rate's."""
+        auto = AutoConcurrency(40, 256, lambda: 3.0)
+        now = time.monotonic()
+        for in_flight in (20, 24, 22):
+            auto.accepted(now, 8.0, in_flight)
+        blames = [auto.rate_limited(now, 24, 25) for _ in range(2)]
+        assert ([Blame.RATE, Blame.CONCURRENCY], 24, 24) == (blames, auto.cap, auto.limit)
+        assert "429s above 24 in flight" in auto.reason
+
+    def test_an_accepted_attempt_above_the_refusals_clears_them(self) -> None:
+        """A refusal above the high, then an acceptance higher still: no cap from the next."""
+        auto = AutoConcurrency(40, 256, lambda: 3.0)
+        now = time.monotonic()
+        auto.accepted(now, 8.0, 20)
+        assert Blame.RATE == auto.rate_limited(now, 21, 22)
+        auto.accepted(now, 8.0, 23)
+        assert (Blame.RATE, None) == (auto.rate_limited(now, 23, 24), auto.cap)
 
     def test_the_cap_is_probed_upward_while_callers_wait(self) -> None:
         """Some time after the last refusal at the cap, waiting callers raise it by one."""
@@ -176,7 +208,7 @@ class TestController:
         for _ in range(10):
             auto.accepted(now, 0.5, 8)
         for _ in range(2):
-            auto.rate_limited(now, 8)
+            auto.rate_limited(now, 8, 9)
         auto._demand = True
         auto.update(now + 2.0)
         assert (9, 9) == (auto.cap, auto.limit)
