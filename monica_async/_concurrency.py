@@ -25,9 +25,10 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    flight: the cap becomes the number the server was working on, and no one
    pauses. An adaptive limiter instead learns the rate that fits (a cap of *C* at
    latency *L* is a rate of *C / L*), but at a steady pace the spread of latencies
-   still pushes the number in flight over the cap now and then: once it paces, two
-   429s for attempts sent with more in flight than any accepted lately set the cap
-   to the most accepted, and those 429s do not cut the rate. While callers wait at
+   still pushes the number in flight over the cap now and then: once it has paced
+   for two median latencies (so that the accepted attempts were sent at that pace),
+   two 429s in a row for attempts sent with more in flight than any accepted lately
+   set the cap to the most accepted, and those 429s do not cut the rate. While callers wait at
    the cap it is probed upward by 5% (at least one place) every
    ``max(1 s, median latency)`` without such a 429 (additive increase,
    multiplicative decrease: AIMD on concurrency).
@@ -121,6 +122,7 @@ class AutoConcurrency:
         self._high_next = 0
         self._high_until = 0.0
         self._over_high = 0
+        self._paced_since: float | None = None
         self._ticking = False
         self._lowest_median = math.inf
         self._cap_hit = -math.inf
@@ -190,7 +192,8 @@ class AutoConcurrency:
             # unless it already paces and the refusals come only above the most in
             # flight accepted lately: a cap, which the spread of latencies crosses.
             high = self._high
-            if self._rate() is None or high == 0 or sent_with <= high:
+            if sent_with <= high or not self._paced_long_enough(now):
+                self._over_high = 0
                 return Blame.RATE
             self._over_high += 1
             if self._over_high < 2:
@@ -209,6 +212,20 @@ class AutoConcurrency:
         self._cap_at(now, cap, f"429 with {in_flight} in flight: cap {min(cap, self.cap or cap)}")
         return Blame.CONCURRENCY
 
+    def _paced_long_enough(self, now: float) -> bool:
+        """Whether the limiter has paced for two median latencies: only then do the
+        accepted attempts' numbers in flight tell what the server takes at that pace
+        (before, they were sent with fewer in flight than are now under way)."""
+        if self._high == 0 or len(self._latencies) < _MIN_SAMPLES:
+            return False
+        if self._rate() is None:
+            self._paced_since = None
+            return False
+        if self._paced_since is None:
+            self._paced_since = now
+        median = sorted(self._latencies)[len(self._latencies) // 2]
+        return now - self._paced_since >= 2 * median
+
     def _cap_at(self, now: float, cap: int, reason: str) -> None:
         """Lower the cap to *cap* (it is never raised here) and the target with it."""
         if self.cap is None or cap < self.cap:
@@ -226,6 +243,10 @@ class AutoConcurrency:
             median = ordered[len(ordered) // 2]
             high = ordered[int(0.9 * (len(ordered) - 1))]
         rate = self._rate()
+        if rate is None:
+            self._paced_since = None
+        elif self._paced_since is None:
+            self._paced_since = now
         target, reason = self.limit, self.reason
         # Callers wait for a place while the limiter lets them through at once: more in
         # flight would be used (slow start: doubling per round trip, the round trip

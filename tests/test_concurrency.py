@@ -180,25 +180,46 @@ class TestController:
         blames = [auto.rate_limited(now, 11, 12) for _ in range(5)]
         assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
 
-    def test_refusals_above_the_accepted_at_a_learned_rate_set_a_cap(self) -> None:
-        """At a learned pace, the second refusal sent with more in flight than any
-        accepted lately caps the target at the most accepted; the first is the rate's."""
+    @staticmethod
+    def paced(now: float, in_flights: tuple[int, ...] = (20, 24, 22, 23)) -> AutoConcurrency:
+        """A controller whose limiter paces at 3/s from *now*, answers taking 8 s."""
         auto = AutoConcurrency(40, 256, lambda: 3.0)
-        now = time.monotonic()
-        for in_flight in (20, 24, 22):
+        auto.update(now)
+        for in_flight in in_flights:
             auto.accepted(now, 8.0, in_flight)
-        blames = [auto.rate_limited(now, 24, 25) for _ in range(2)]
+        return auto
+
+    def test_refusals_above_the_accepted_at_a_learned_rate_set_a_cap(self) -> None:
+        """Two median latencies into a pace, the second refusal in a row sent with more
+        in flight than any accepted lately caps the target at the most accepted."""
+        now = time.monotonic()
+        auto = self.paced(now)
+        blames = [auto.rate_limited(now + 16.0, 24, 25) for _ in range(2)]
         assert ([Blame.RATE, Blame.CONCURRENCY], 24, 24) == (blames, auto.cap, auto.limit)
         assert "429s above 24 in flight" in auto.reason
 
+    def test_refusals_above_the_accepted_early_in_a_pace_are_the_rates(self) -> None:
+        """Within two median latencies of the pace, the accepted attempts were sent with
+        fewer in flight than are under way: refusals above them show nothing yet."""
+        now = time.monotonic()
+        auto = self.paced(now)
+        blames = [auto.rate_limited(now + 15.0, 24, 25) for _ in range(4)]
+        assert ([Blame.RATE] * 4, None) == (blames, auto.cap)
+
+    def test_a_refusal_within_the_accepted_clears_those_above(self) -> None:
+        """Refusals above and within what was accepted alternate: that is a rate."""
+        now = time.monotonic() + 20.0
+        auto = self.paced(now - 20.0)
+        blames = [auto.rate_limited(now, n - 1, n) for n in (25, 20, 25, 21, 25)]
+        assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
+
     def test_an_accepted_attempt_above_the_refusals_clears_them(self) -> None:
         """A refusal above the high, then an acceptance higher still: no cap from the next."""
-        auto = AutoConcurrency(40, 256, lambda: 3.0)
-        now = time.monotonic()
-        auto.accepted(now, 8.0, 20)
-        assert Blame.RATE == auto.rate_limited(now, 21, 22)
-        auto.accepted(now, 8.0, 23)
-        assert (Blame.RATE, None) == (auto.rate_limited(now, 23, 24), auto.cap)
+        now = time.monotonic() + 20.0
+        auto = self.paced(now - 20.0)
+        assert Blame.RATE == auto.rate_limited(now, 24, 25)
+        auto.accepted(now, 8.0, 26)
+        assert (Blame.RATE, None) == (auto.rate_limited(now, 26, 27), auto.cap)
 
     def test_the_cap_is_probed_upward_while_callers_wait(self) -> None:
         """Some time after the last refusal at the cap, waiting callers raise it by one."""
