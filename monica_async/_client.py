@@ -177,9 +177,11 @@ class MonicaClient:
         for name in self._extra_headers:
             if name.lower() == "authorization":
                 raise InvalidRequestError("headers must not set Authorization: pass api_key")
-        # Sent with every request, not only set on our own session: an injected session
-        # has a User-Agent of its own. A caller's User-Agent (any case) wins.
-        if not any(name.lower() == "user-agent" for name in self._extra_headers):
+        # Sent with every request to an injected session, which has a User-Agent of its
+        # own; the session this client makes carries ours. A caller's (any case) wins.
+        if session is not None and not any(
+            name.lower() == "user-agent" for name in self._extra_headers
+        ):
             self._extra_headers = {"User-Agent": USER_AGENT, **self._extra_headers}
         # Built once: every API call sends the same headers.
         self._api_headers = {
@@ -496,7 +498,10 @@ class MonicaClient:
         started: float,
     ) -> _Answer:
         headers = self._api_headers
-        body = b'{"image": %s, "scale": %d}' % (json.dumps(image).encode(), scale)
+        # A valid URL holds no control character: only these two need escaping in JSON.
+        plain = image.isascii() and '"' not in image and "\\" not in image
+        quoted = image if plain else json.dumps(image)[1:-1]
+        body = b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
         status: int | None = None
         resends = 0
         try:

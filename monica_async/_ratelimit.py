@@ -319,6 +319,9 @@ class Evidence:
     def add(self, refused: bool) -> None:
         """Count one outcome: refused with a 429, or accepted."""
         outcomes = self._outcomes
+        if not refused and not self._refused and len(outcomes) == _EVIDENCE_WINDOW:
+            self._streak = 0
+            return  # a full window of acceptances stays one
         if len(outcomes) == _EVIDENCE_WINDOW and outcomes[0]:
             self._refused -= 1
         outcomes.append(refused)
