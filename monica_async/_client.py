@@ -441,7 +441,12 @@ class MonicaClient:
                 auto.waiting()
             await slots.acquire()
         try:
-            waited = await self.rate_limit.acquire()
+            limiter = self.rate_limit
+            adaptive = limiter if type(limiter) is AdaptiveRateLimit else None
+            if adaptive is not None and adaptive._try_acquire():
+                waited = 0.0
+            else:
+                waited = await limiter.acquire()
             if auto is not None and slots.free < 0 and stats.in_flight >= auto.limit:
                 # The target came down while this caller waited for the limiter (a
                 # server cap was found) and as many as it allows are in flight: wait
@@ -476,14 +481,17 @@ class MonicaClient:
                 pause = exc.retry_after
                 if pause is not None:
                     pause = min(pause, policy.max_retry_after)
-                await self.rate_limit.on_rate_limited(pause, started)
+                await limiter.on_rate_limited(pause, started)
                 raise
             finally:
                 stats.in_flight -= 1
             if auto is not None:
                 now = time.monotonic()
                 auto.accepted(now, now - started, in_flight)
-            await self.rate_limit.on_success(started)
+            if adaptive is not None:
+                adaptive._succeeded(started)
+            else:
+                await limiter.on_success(started)
         finally:
             slots.release()
         return done
