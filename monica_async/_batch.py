@@ -169,8 +169,9 @@ async def _run(
                             key_error.append(exc)
                         outcome = Outcome(index=index, source=label, error=exc)
                     else:
-                        outcome = Outcome(index=index, source=label, result=result)
-                await channel.put(outcome)
+                        outcome = Outcome._succeeded(index, label, result)
+                if not channel.offer(outcome):
+                    await channel.put(outcome)
         except Exception as exc:  # the input's own error, or a bug: the consumer re-raises it
             source.exhausted = True
             await channel.put(_Failed(exc))
@@ -195,7 +196,9 @@ async def _run(
     finished = 0
     try:
         while finished < len(tasks):
-            message = await channel.get()
+            message = channel.poll()
+            if message is None:
+                message = await channel.get()
             if isinstance(message, _Finished):
                 finished += 1
             elif isinstance(message, _Failed):

@@ -177,9 +177,11 @@ class MonicaClient:
         for name in self._extra_headers:
             if name.lower() == "authorization":
                 raise InvalidRequestError("headers must not set Authorization: pass api_key")
-        # Sent with every request, not only set on our own session: an injected session
-        # has a User-Agent of its own. A caller's User-Agent (any case) wins.
-        if not any(name.lower() == "user-agent" for name in self._extra_headers):
+        # Sent with every request to an injected session, which has a User-Agent of its
+        # own; the session this client makes carries ours. A caller's (any case) wins.
+        if session is not None and not any(
+            name.lower() == "user-agent" for name in self._extra_headers
+        ):
             self._extra_headers = {"User-Agent": USER_AGENT, **self._extra_headers}
         # Built once: every API call sends the same headers.
         self._api_headers = {
@@ -439,7 +441,12 @@ class MonicaClient:
                 auto.waiting()
             await slots.acquire()
         try:
-            waited = await self.rate_limit.acquire()
+            limiter = self.rate_limit
+            adaptive = limiter if type(limiter) is AdaptiveRateLimit else None
+            if adaptive is not None and adaptive._try_acquire():
+                waited = 0.0
+            else:
+                waited = await limiter.acquire()
             if auto is not None and slots.free < 0 and stats.in_flight >= auto.limit:
                 # The target came down while this caller waited for the limiter (a
                 # server cap was found) and as many as it allows are in flight: wait
@@ -474,14 +481,17 @@ class MonicaClient:
                 pause = exc.retry_after
                 if pause is not None:
                     pause = min(pause, policy.max_retry_after)
-                await self.rate_limit.on_rate_limited(pause, started)
+                await limiter.on_rate_limited(pause, started)
                 raise
             finally:
                 stats.in_flight -= 1
             if auto is not None:
                 now = time.monotonic()
                 auto.accepted(now, now - started, in_flight)
-            await self.rate_limit.on_success(started)
+            if adaptive is not None:
+                adaptive._succeeded(started)
+            else:
+                await limiter.on_success(started)
         finally:
             slots.release()
         return done
@@ -496,7 +506,10 @@ class MonicaClient:
         started: float,
     ) -> _Answer:
         headers = self._api_headers
-        body = b'{"image": %s, "scale": %d}' % (json.dumps(image).encode(), scale)
+        # A valid URL holds no control character: only these two need escaping in JSON.
+        plain = image.isascii() and '"' not in image and "\\" not in image
+        quoted = image if plain else json.dumps(image)[1:-1]
+        body = b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
         status: int | None = None
         resends = 0
         try:

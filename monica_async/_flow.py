@@ -108,15 +108,34 @@ class Channel(Generic[T]):
         self._room = None if size is None else Slots(size)
         self._reader: asyncio.Future[None] | None = None
 
+    def offer(self, item: T) -> bool:
+        """Add *item* if there is room at once; tell whether it did (no coroutine)."""
+        room = self._room
+        if room is not None and not room.try_acquire():
+            return False
+        self._add(item)
+        return True
+
     async def put(self, item: T) -> None:
         """Add *item*, waiting while the channel is full."""
         room = self._room
         if room is not None and not room.try_acquire():
             await room.acquire()
+        self._add(item)
+
+    def _add(self, item: T) -> None:
         self._items.append(item)
         reader = self._reader
         if reader is not None and not reader.done():
             reader.set_result(None)
+
+    def poll(self) -> T | None:
+        """Take the oldest item if there is one (no coroutine); else ``None``."""
+        if not self._items:
+            return None
+        if self._room is not None:
+            self._room.release()
+        return self._items.popleft()
 
     async def get(self) -> T:
         """Take the oldest item, waiting for one."""

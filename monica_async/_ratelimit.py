@@ -319,6 +319,9 @@ class Evidence:
     def add(self, refused: bool) -> None:
         """Count one outcome: refused with a 429, or accepted."""
         outcomes = self._outcomes
+        if not refused and not self._refused and len(outcomes) == _EVIDENCE_WINDOW:
+            self._streak = 0
+            return  # a full window of acceptances stays one
         if len(outcomes) == _EVIDENCE_WINDOW and outcomes[0]:
             self._refused -= 1
         outcomes.append(refused)
@@ -411,17 +414,26 @@ class AdaptiveRateLimit(_Booking):
         """The current rate in requests per second (``None``: unlimited)."""
         return self._rate
 
-    async def acquire(self) -> float:
-        """Wait until one more attempt may start; return the seconds waited."""
-        unpaced = self._rate is None
-        if unpaced and self._learn_from is None:
+    def _try_acquire(self) -> bool:
+        """Let one attempt start if nothing holds it back; tell whether it did.
+
+        No rate and no pause is the hot path of a batch: the client calls this
+        before :meth:`acquire` to spare a coroutine per attempt.
+        """
+        if self._rate is None and self._learn_from is None:
             now = time.monotonic()
             if now >= self._pause.not_before:
-                # No rate, no pause: nothing to wait for (the hot path of a batch).
                 if now >= self._next_mark:
                     self._mark(now)
                 self._sent += 1
-                return 0.0
+                return True
+        return False
+
+    async def acquire(self) -> float:
+        """Wait until one more attempt may start; return the seconds waited."""
+        if self._try_acquire():
+            return 0.0
+        unpaced = self._rate is None
         waited = await super().acquire()
         now = time.monotonic()
         if self._learn_from is not None and now >= self._pause.not_before:
@@ -505,6 +517,10 @@ class AdaptiveRateLimit(_Booking):
 
     async def on_success(self, started: float) -> None:
         """End a run of 429s; recover or probe the rate while it holds callers back."""
+        self._succeeded(started)
+
+    def _succeeded(self, started: float) -> None:
+        """:meth:`on_success` without a coroutine (the client calls it directly)."""
         self._pause.streak = 0
         self._evidence.add(False)
         rate = self._rate

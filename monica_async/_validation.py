@@ -5,12 +5,18 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 from urllib.parse import urlsplit
 
 from ._exceptions import InvalidRequestError
 
-__all__ = ["ALLOWED_SCALES", "MAX_URL_LENGTH", "validate_image_url", "validate_scale"]
+__all__ = [
+    "ALLOWED_SCALES",
+    "MAX_URL_LENGTH",
+    "is_plain_url",
+    "validate_image_url",
+    "validate_scale",
+]
 
 #: The scale factors the API accepts (the spec's enum). A future 4 is added here only.
 ALLOWED_SCALES: Final[tuple[int, ...]] = (2,)
@@ -37,6 +43,14 @@ def validate_scale(scale: Any) -> int:
     if type(scale) is not int or scale not in ALLOWED_SCALES:
         raise InvalidRequestError(f"scale must be one of {ALLOWED_SCALES}, got {scale!r}")
     return scale
+
+
+def is_plain_url(image: object) -> TypeGuard[str]:
+    """Whether *image* is an absolute http(s) URL in plain ASCII: the common case.
+
+    A ``False`` says nothing: :func:`validate_image_url` tells what is wrong, if anything.
+    """
+    return type(image) is str and len(image) <= MAX_URL_LENGTH and bool(_PLAIN_URL.fullmatch(image))
 
 
 def validate_image_url(image: Any) -> str:
