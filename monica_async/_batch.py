@@ -116,16 +116,25 @@ def run_batch(
     buffer: int,
     ordered: bool,
     growth: Growth | None = None,
+    on_start: Callable[[], object] | None = None,
 ) -> AsyncGenerator[Outcome, None]:
     """Yield one :class:`Outcome` per input of *images*, running *call* in *workers*.
 
     With *growth*, more workers are started whenever it wants more than run.
+    *on_start* is called once the iteration starts, in its event loop, before any
+    worker: it may raise to refuse that loop.
 
     Raises:
         InvalidRequestError: *images* is not an iterable (at once, not on iteration).
     """
     return _run(
-        call, _Source(images), workers=workers, buffer=buffer, ordered=ordered, growth=growth
+        call,
+        _Source(images),
+        workers=workers,
+        buffer=buffer,
+        ordered=ordered,
+        growth=growth,
+        on_start=on_start,
     )
 
 
@@ -137,8 +146,13 @@ async def _run(
     buffer: int,
     ordered: bool,
     growth: Growth | None,
+    on_start: Callable[[], object] | None,
 ) -> AsyncGenerator[Outcome, None]:
-    channel: Channel[Outcome | _Finished | _Failed] = Channel(None if ordered else buffer)
+    if on_start is not None:
+        on_start()
+    channel: Channel[Outcome | _Finished | _Failed] = Channel(
+        None if ordered else buffer, asyncio.get_running_loop()
+    )
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
     # a place before pulling an input and the consumer frees it when it yields that one.
     lookahead = Slots(buffer) if ordered else None

@@ -345,6 +345,7 @@ class MonicaClient:
         scale = validate_scale(scale)
         resolved = self._timeout_for(timeout)
         policy = self.retry if retry is USE_CLIENT_DEFAULT else retry
+        self._open()
         if type(image) is str and image.startswith(_WEB_PREFIXES):
             return await self._upscale(image, scale=scale, timeout=resolved, policy=policy)
         call = functools.partial(self._upscale, scale=scale, timeout=resolved, policy=policy)
@@ -376,11 +377,9 @@ class MonicaClient:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
         session = self._session
-        if (
-            session is None
-            or self._state is not _State.OPENED
-            or self._loop is not asyncio.get_running_loop()
-        ):
+        # Callers check the event loop once (upscale() each call, a batch as it starts):
+        # asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        if session is None or self._state is not _State.OPENED:
             session = self._open()
         stats = self._stats
         stats.requests += 1
@@ -652,6 +651,7 @@ class MonicaClient:
         return run_batch(
             call,
             images,
+            on_start=self._open,
             workers=count,
             growth=growth,
             buffer=size,

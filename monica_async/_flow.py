@@ -101,9 +101,10 @@ class Channel(Generic[T]):
     wait in :meth:`get` at a time.
     """
 
-    __slots__ = ("_items", "_reader", "_room")
+    __slots__ = ("_items", "_loop", "_reader", "_room")
 
-    def __init__(self, size: int | None) -> None:
+    def __init__(self, size: int | None, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop  # get_running_loop() is a system call on Python 3.11
         self._items: deque[T] = deque()
         self._room = None if size is None else Slots(size)
         self._reader: asyncio.Future[None] | None = None
@@ -140,7 +141,7 @@ class Channel(Generic[T]):
     async def get(self) -> T:
         """Take the oldest item, waiting for one."""
         while not self._items:
-            self._reader = asyncio.get_running_loop().create_future()
+            self._reader = self._loop.create_future()
             try:
                 await self._reader
             finally:

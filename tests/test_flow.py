@@ -96,7 +96,7 @@ async def test_a_place_handed_to_a_cancelled_waiter_is_passed_on() -> None:
 
 async def test_channel_keeps_order_and_wakes_its_reader() -> None:
     """Items come out in the order they went in; a waiting reader wakes on a put."""
-    channel: Channel[int] = Channel(None)
+    channel: Channel[int] = Channel(None, asyncio.get_running_loop())
     reader = asyncio.create_task(channel.get())
     await settle()
     assert not reader.done()
@@ -108,7 +108,7 @@ async def test_channel_keeps_order_and_wakes_its_reader() -> None:
 
 async def test_a_full_channel_makes_writers_wait() -> None:
     """With size 2 the third put waits until the reader takes one."""
-    channel: Channel[str] = Channel(2)
+    channel: Channel[str] = Channel(2, asyncio.get_running_loop())
     await channel.put("a")
     await channel.put("b")
     third = asyncio.create_task(channel.put("c"))
@@ -122,7 +122,7 @@ async def test_a_full_channel_makes_writers_wait() -> None:
 
 async def test_a_cancelled_reader_loses_nothing() -> None:
     """An item put after the reader was cancelled is there for the next get."""
-    channel: Channel[int] = Channel(1)
+    channel: Channel[int] = Channel(1, asyncio.get_running_loop())
     reader = asyncio.create_task(channel.get())
     await settle()
     reader.cancel()
