@@ -25,7 +25,10 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    flight: the cap becomes the number the server was working on, and no one
    pauses. An adaptive limiter instead learns the rate that fits (a cap of *C* at
    latency *L* is a rate of *C / L*), but at a steady pace the spread of latencies
-   still pushes the number in flight over the cap now and then: once it has paced
+   still pushes the number in flight over the cap now and then. Before any answer,
+   while the limiter paces, three refusals or more over at least a second with the
+   number in flight flat set the cap to that number: under a rate limit it would
+   have grown, nothing being answered yet. Once answers come and the limiter has paced
    for two median latencies (so that the accepted attempts were sent at that pace),
    two 429s in a row for attempts sent with more in flight than any accepted lately
    set the cap to the most accepted, and those 429s do not cut the rate. While callers wait at
@@ -123,6 +126,10 @@ class AutoConcurrency:
         self._high_until = 0.0
         self._over_high = 0
         self._paced_since: float | None = None
+        self._flat_level = 0
+        self._flat_low = 0
+        self._flat_since = 0.0
+        self._flat_refusals = 0
         self._ticking = False
         self._lowest_median = math.inf
         self._cap_hit = -math.inf
@@ -189,8 +196,18 @@ class AutoConcurrency:
         self._evidence.add(True)
         if not self._fixed_rate:
             # An adaptive limiter learns the rate that fits, whatever the server counts,
-            # unless it already paces and the refusals come only above the most in
-            # flight accepted lately: a cap, which the spread of latencies crosses.
+            # unless the refusals show a cap: before any answer, the number in flight
+            # stays flat while its rate would have let it grow; once it paces, they
+            # come only above the most in flight accepted lately.
+            cap = self.cap
+            if cap is not None and sent_with >= cap:
+                # Refused in the top place of a cap already found (the one just probed):
+                # the cap, not the rate.
+                cap = max(1, sent_with - 1)
+                self._cap_at(now, cap, f"429 at the top of the cap: cap {cap}")
+                return Blame.CONCURRENCY
+            if not self._latencies:
+                return Blame.CONCURRENCY if self._flat(now, in_flight) else Blame.RATE
             high = self._high
             if sent_with <= high or not self._paced_long_enough(now):
                 self._over_high = 0
@@ -211,6 +228,30 @@ class AutoConcurrency:
         cap = max(1, in_flight)
         self._cap_at(now, cap, f"429 with {in_flight} in flight: cap {min(cap, self.cap or cap)}")
         return Blame.CONCURRENCY
+
+    def _flat(self, now: float, in_flight: int) -> bool:
+        """Before any answer: whether refusals show a cap, and if so set it.
+
+        The attempts in flight are then all accepted ones (a refusal comes back at
+        once), and under a rate limit their number grows at the server's rate, nothing
+        being answered yet; under a cap it stays where the cap is. So while the limiter
+        paces, three refusals or more with no more in flight than the first of them,
+        over at least 1 s (or two of the limiter's intervals, at rates under 2/s),
+        show a cap: the fewest in flight at any of them.
+        """
+        rate = self._rate()
+        if rate is None or in_flight > self._flat_level:
+            # Not pacing yet (the first burst), or the number grew: start over.
+            self._flat_level = self._flat_low = in_flight
+            self._flat_since, self._flat_refusals = now, 1
+            return False
+        self._flat_low = min(self._flat_low, in_flight)
+        self._flat_refusals += 1
+        if self._flat_refusals < 3 or now - self._flat_since < max(1.0, 2.0 / rate):
+            return False
+        cap = max(1, self._flat_low)
+        self._cap_at(now, cap, f"429s at {cap} in flight, none answered yet: cap {cap}")
+        return True
 
     def _paced_long_enough(self, now: float) -> bool:
         """Whether the limiter has paced for two median latencies: only then do the
@@ -279,7 +320,8 @@ class AutoConcurrency:
         if cap is not None:
             interval = max(1.0, median or 0.0)
             if (
-                demand
+                median is not None  # before any answer, nothing frees a place anyway
+                and demand
                 and self.limit >= cap
                 and now - self._cap_hit >= interval
                 and now - self._probed >= interval

@@ -213,6 +213,50 @@ class TestController:
         blames = [auto.rate_limited(now, n - 1, n) for n in (25, 20, 25, 21, 25)]
         assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
 
+    def test_refusals_with_the_number_in_flight_flat_before_any_answer_set_a_cap(
+        self,
+    ) -> None:
+        """Nothing answered yet and the limiter pacing: three refusals over a second
+        with no more in flight than the first cap the target at the fewest in flight."""
+        auto = AutoConcurrency(40, 256, lambda: 9.0)
+        now = time.monotonic()
+        blames = [auto.rate_limited(now + t, n, n + 1) for t, n in ((0, 25), (0.5, 24), (1.0, 24))]
+        assert (Blame.RATE, Blame.RATE) == (blames[0], blames[1])
+        assert (Blame.CONCURRENCY, 24, 24) == (blames[2], auto.cap, auto.limit)
+        assert "none answered yet: cap 24" in auto.reason
+
+    def test_refusals_with_the_number_in_flight_growing_are_the_rates(self) -> None:
+        """Nothing answered yet, refusals with more in flight each time: a rate limit."""
+        auto = AutoConcurrency(40, 256, lambda: 9.0)
+        now = time.monotonic()
+        blames = [auto.rate_limited(now + t / 2, 20 + 5 * t, 21 + 5 * t) for t in range(6)]
+        assert ([Blame.RATE] * 6, None) == (blames, auto.cap)
+
+    def test_refusals_before_the_limiter_paces_show_no_cap(self) -> None:
+        """The first burst's refusals, before any rate is learned, are the limiter's."""
+        auto = AutoConcurrency(40, 256, lambda: None)
+        now = time.monotonic()
+        blames = [auto.rate_limited(now + t, 24, 25) for t in range(5)]
+        assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
+
+    def test_a_refusal_at_the_top_of_a_cap_lowers_it(self) -> None:
+        """Once a cap is known, a refusal of an attempt sent in its top place is the cap's."""
+        now = time.monotonic()
+        auto = self.paced(now)
+        auto._cap_at(now, 25, "probed")
+        assert (Blame.CONCURRENCY, 24) == (auto.rate_limited(now, 24, 25), auto.cap)
+
+    def test_the_cap_is_not_probed_before_any_answer(self) -> None:
+        """Callers waiting at a cap found before any answer do not raise it: nothing has
+        freed a place yet."""
+        auto = AutoConcurrency(40, 256, lambda: 9.0)
+        now = time.monotonic()
+        for t, n in ((0, 25), (0.5, 24), (1.0, 24)):
+            auto.rate_limited(now + t, n, n + 1)
+        auto._demand = True
+        auto.update(now + 5.0)
+        assert (24, 24) == (auto.cap, auto.limit)
+
     def test_an_accepted_attempt_above_the_refusals_clears_them(self) -> None:
         """A refusal above the high, then an acceptance higher still: no cap from the next."""
         now = time.monotonic() + 20.0
