@@ -523,6 +523,14 @@ def test_outcome_ok(outcome: Outcome, ok: bool) -> None:
     assert ok == outcome.ok
 
 
+def test_a_batchs_outcome_equals_one_built_by_hand() -> None:
+    """The batch's fast constructor sets every field ``__init__`` sets."""
+    result = UpscaleResult(url=RESULT, source=IMAGE, scale=2)
+    fast = Outcome._succeeded(4, IMAGE, result)
+    built = Outcome(index=4, source=IMAGE, result=result)
+    assert (built, repr(built), hash(built)) == (fast, repr(fast), hash(fast))
+
+
 def test_outcome_result_of_a_failed_input_raises_and_names_the_fix() -> None:
     """Reading ``result`` of a failed input raises AttributeError caused by its error."""
     error = MonicaError("boom")
