@@ -34,7 +34,9 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
    set the cap to the most accepted, and those 429s do not cut the rate. While callers wait at
    the cap it is probed upward by 5% (at least one place) every
    ``max(1 s, median latency)`` without such a 429 (additive increase,
-   multiplicative decrease: AIMD on concurrency).
+   multiplicative decrease: AIMD on concurrency); each probe refused doubles that
+   interval, up to 16 times, and a probe that holds brings it back, so a real cap
+   costs a refusal now and then, not one every round trip.
 
 The target never exceeds ``max_limit`` (:data:`~monica_async._config.MAX_AUTO_CONCURRENCY`
 by default) and never falls below one.
@@ -72,6 +74,8 @@ _PACED: Final = 0.002
 _SLACK_WEIGHT: Final = 0.1
 #: Longest round trip the slow start waits for before doubling (seconds).
 _SLOW_START_RTT: Final = 1.0
+#: Most the probe interval of a cap grows while probes are refused (x its base).
+_MAX_PROBE_BACKOFF: Final = 16
 #: The recent median latency over the lowest one that counts as queueing (Vegas).
 _QUEUEING: Final = 2.0
 
@@ -134,6 +138,7 @@ class AutoConcurrency:
         self._lowest_median = math.inf
         self._cap_hit = -math.inf
         self._probed = -math.inf
+        self._probe_backoff = 1
 
     def __repr__(self) -> str:
         return f"AutoConcurrency(limit={self.limit}, cap={self.cap}, reason={self.reason!r})"
@@ -269,6 +274,9 @@ class AutoConcurrency:
 
     def _cap_at(self, now: float, cap: int, reason: str) -> None:
         """Lower the cap to *cap* (it is never raised here) and the target with it."""
+        if self._probed > self._cap_hit:
+            # The last probe was refused: the cap is real, so probe it less often.
+            self._probe_backoff = min(2 * self._probe_backoff, _MAX_PROBE_BACKOFF)
         if self.cap is None or cap < self.cap:
             self.cap = cap
         self._cap_hit = now
@@ -318,7 +326,7 @@ class AutoConcurrency:
             target, reason = grown, "callers waiting, no rate known: slow start"
         cap = self.cap
         if cap is not None:
-            interval = max(1.0, median or 0.0)
+            interval = max(1.0, median or 0.0) * self._probe_backoff
             if (
                 median is not None  # before any answer, nothing frees a place anyway
                 and demand
@@ -326,6 +334,8 @@ class AutoConcurrency:
                 and now - self._cap_hit >= interval
                 and now - self._probed >= interval
             ):
+                if self._probed > self._cap_hit:
+                    self._probe_backoff = 1  # the last probe held: the cap may move
                 self.cap = cap = min(self.max_limit, cap + max(1, cap // 20))
                 self._probed = now
                 reason = f"probing the server's cap: {cap}"

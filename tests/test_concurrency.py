@@ -278,6 +278,26 @@ class TestController:
         auto.update(now + 2.0)
         assert (9, 9) == (auto.cap, auto.limit)
 
+    def test_a_refused_probe_doubles_the_wait_for_the_next(self) -> None:
+        """The probe to 9 is refused: the next waits two intervals, not one; a probe
+        that then holds brings the interval back to one."""
+        auto = AutoConcurrency(16, 256, lambda: 100.0, fixed_rate=True)
+        now = time.monotonic()
+        auto.started(now, 0.0)
+        for _ in range(10):
+            auto.accepted(now, 0.5, 8)
+        for _ in range(2):
+            auto.rate_limited(now, 8, 9)
+        caps = []
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0):
+            auto._demand = True
+            auto.update(now + t)
+            caps.append(auto.cap)
+            if t == 1.0:
+                auto.rate_limited(now + t + 0.1, 8, 9)  # the probed place, refused
+        # Probe at 1 s refused; the next waits 2 s (at 4 s) and holds; then every second.
+        assert [9, 8, 8, 9, 9, 10, 11] == caps
+
     @pytest.mark.parametrize(
         ("limiter", "expected"),
         [
@@ -334,6 +354,22 @@ async def test_a_server_concurrency_cap_is_found_and_respected() -> None:
     assert 6 <= c.stats.concurrency <= 8
     # Refusals while the cap is found and probed, not one per request.
     assert stats.concurrency_limited < 0.3 * stats.accepted
+
+
+@pytest.mark.slow
+async def test_a_server_cap_is_found_by_the_default_client() -> None:
+    """A server that takes 6 at once, 1.5 s each, and no options: the adaptive limiter
+    learns a rate and the cap as well, so the target settles at the cap, not above."""
+    server = FakeMonicaServer(
+        api_key=KEY, latency=1.5, max_concurrency=6, retry_after=0.0, process_images=False
+    )
+    async with server, MonicaClient(KEY, base_url=server.base_url) as c:
+        outcomes = await c.upscale_all(urls(server, 60))
+        stats = server.stats
+    assert all(o.ok for o in outcomes)
+    assert 6 <= c.stats.concurrency <= 8
+    assert "cap" in c.stats.concurrency_reason
+    assert stats.concurrency_limited < 0.5 * stats.accepted
 
 
 @pytest.mark.slow
