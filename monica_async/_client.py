@@ -50,6 +50,7 @@ from ._http import (
     EnvProxies,
     ReuseAwareConnector,
     connection_was_reused,
+    declared_within,
     loggable_url,
     map_transport_error,
     read_capped,
@@ -525,7 +526,10 @@ class MonicaClient:
                         status = response.status
                         response_headers = response.headers
                         if status == 200:
-                            data, whole = await read_capped(response, MAX_ANSWER_BYTES)
+                            if declared_within(response, MAX_ANSWER_BYTES):
+                                data, whole = await response.read(), True
+                            else:
+                                data, whole = await read_capped(response, MAX_ANSWER_BYTES)
                         else:
                             data = await read_error_body(response)
                             whole = True

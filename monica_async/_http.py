@@ -43,6 +43,7 @@ __all__ = [
     "EnvProxies",
     "ReuseAwareConnector",
     "connection_was_reused",
+    "declared_within",
     "loggable_url",
     "map_transport_error",
     "parse_error_body",
@@ -109,16 +110,24 @@ def parse_error_body(raw: str) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) and message else None
 
 
+def declared_within(response: aiohttp.ClientResponse, limit: int) -> bool:
+    """Whether *response* declares a length of at most *limit* bytes, uncompressed.
+
+    Then nothing more can come, and aiohttp's own ``read()`` is the cheapest way to
+    read it (no coroutine of ours around it: this is every API answer's path).
+    """
+    length = response.content_length
+    return length is not None and length <= limit and "content-encoding" not in response.headers
+
+
 async def read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
     """Read the body of *response* up to *limit* bytes; return it and whether it was whole.
 
     At most ``limit + 1`` bytes are ever held, whatever the server sends (or inflates
-    to, when the body is compressed); a body over the limit is left unread.
+    to, when the body is compressed); a body over the limit is left unread. A body
+    :func:`declared_within` the limit is read whole at once.
     """
-    length = response.content_length
-    if length is not None and length <= limit and "content-encoding" not in response.headers:
-        # The common case, where aiohttp's own read is the cheapest: a declared length
-        # under the cap (and no compression to inflate it), so nothing more can come.
+    if declared_within(response, limit):
         return await response.read(), True
     content = response.content
     data = await content.read(limit + 1)
