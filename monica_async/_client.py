@@ -373,7 +373,7 @@ class MonicaClient:
         return attrs.evolve(result, source=prepared.source)
 
     async def _upscale(
-        self, image: str, *, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
+        self, image: str, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
     ) -> UpscaleResult:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
@@ -647,9 +647,11 @@ class MonicaClient:
         upscale = functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy)
         stored = self._upscale_stored
 
+        upscale_one = self._upscale
+
         def call(image: object) -> Awaitable[UpscaleResult]:
             if type(image) is str and image.startswith(_WEB_PREFIXES):
-                return upscale(image)
+                return upscale_one(image, scale, timeout, policy)  # positional: cheaper
             return stored(image, upscale, policy, timeout)
 
         return run_batch(
