@@ -49,7 +49,7 @@ from ._http import (
     USER_AGENT,
     EnvProxies,
     ReuseAwareConnector,
-    connection_was_reused,
+    connections_opened,
     declared_within,
     loggable_url,
     map_transport_error,
@@ -58,6 +58,7 @@ from ._http import (
     readable_text,
     request_id,
     status_error,
+    tells_reuse,
 )
 from ._models import Outcome, UpscaleResult
 from ._ratelimit import AdaptiveRateLimit, RateLimiter
@@ -514,6 +515,7 @@ class MonicaClient:
         resends = 0
         try:
             while True:
+                opened = connections_opened()
                 try:
                     async with session.post(
                         self._endpoint,
@@ -541,8 +543,8 @@ class MonicaClient:
                         status is not None
                         or isinstance(exc, aiohttp.ClientConnectorError)
                         or resends >= _STALE_CONNECTION_RESENDS
-                        or not isinstance(session.connector, ReuseAwareConnector)
-                        or not connection_was_reused()
+                        or not tells_reuse(session)
+                        or connections_opened() != opened
                     ):
                         raise
                     resends += 1

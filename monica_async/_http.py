@@ -4,7 +4,7 @@ The one boundary where aiohttp's exceptions become the library's (:func:`map_tra
 and where a non-200 answer becomes an :class:`~monica_async.APIStatusError`
 (:func:`status_error`), for API calls and downloads alike; also how much of an answer
 is read (:func:`read_capped`), which proxy a request goes through (:class:`EnvProxies`)
-and whether a request's connection was a reused one (:class:`ReuseAwareConnector`).
+and whether a request's connection was a reused one (:func:`connections_opened`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = [
     "USER_AGENT",
     "EnvProxies",
     "ReuseAwareConnector",
-    "connection_was_reused",
+    "connections_opened",
     "declared_within",
     "loggable_url",
     "map_transport_error",
@@ -52,6 +52,7 @@ __all__ = [
     "readable_text",
     "request_id",
     "status_error",
+    "tells_reuse",
 ]
 
 USER_AGENT: Final = (
@@ -366,37 +367,67 @@ def _bypassed(host: str, port: int, no_proxy: str) -> bool:
     return False
 
 
-#: The attribute that marks a connection's protocol once handed out.
-_HANDED_OUT: Final = "_monica_handed_out"
-_reused: contextvars.ContextVar[bool] = contextvars.ContextVar("monica_reused", default=False)
+class _Opened:
+    """How many connections the requests of a task opened (a mutable cell)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
-def connection_was_reused() -> bool:
-    """Tell whether the latest request of this task went out on a reused connection.
+_opened: contextvars.ContextVar[_Opened | None] = contextvars.ContextVar(
+    "monica_opened", default=None
+)
 
-    Set by :class:`ReuseAwareConnector` each time it hands out a connection: only
-    meaningful for a request made through a session with that connector.
+
+def connections_opened() -> int:
+    """How many new connections the requests of this task have opened so far.
+
+    Read before a request and again when it fails: the same count means the request
+    went out on a reused connection. Counted by :class:`ReuseAwareConnector`, so only
+    meaningful for requests through a session with that connector.
     """
-    return _reused.get()
+    cell = _opened.get()
+    if cell is None:
+        # Once per task: a cell, not a new value per request (no context copy then).
+        cell = _Opened()
+        _opened.set(cell)
+    return cell.count
+
+
+#: Whether aiohttp still opens connections through the method the connector hooks.
+_HOOKED: Final = callable(getattr(aiohttp.TCPConnector, "_create_connection", None))
+
+
+def tells_reuse(session: aiohttp.ClientSession) -> bool:
+    """Whether :func:`connections_opened` counts the connections *session* opens, and
+    it has opened one (none opened, none can be reused)."""
+    connector = session.connector
+    return _HOOKED and isinstance(connector, ReuseAwareConnector) and connector.opened > 0
 
 
 class ReuseAwareConnector(aiohttp.TCPConnector):
-    """A ``TCPConnector`` that tells the request's task whether its connection is reused.
+    """A ``TCPConnector`` that counts the connections each task's requests open.
 
     A keep-alive connection can be closed by the server at the very moment a request
     is written to it; that failure says nothing about the server and is worth an
-    immediate retry, which only a reused connection deserves. Cheaper than a trace
-    config (a dozen trace hooks a request) or a set of the connections handed out (a
-    weak reference a request): the connection's protocol object carries the mark.
+    immediate retry, which only a reused connection deserves (see
+    :func:`connections_opened`). Only opening a connection is hooked: a request
+    on a pooled one, the hot path, costs nothing more, where a trace config costs a
+    dozen hooks a request and a hook on ``connect`` a coroutine and a context change.
+    The hook is aiohttp's ``_create_connection``, unchanged in signature since 3.0;
+    without it (:func:`tells_reuse` is then false), no resend is made at once and
+    the retry policy retries as for any dropped connection.
     """
 
-    async def connect(self, req: Any, traces: Any, timeout: Any) -> aiohttp.connector.Connection:
-        """Get a connection from the pool or open one, noting which it was."""
-        connection = await super().connect(req, traces, timeout)
-        protocol = connection.protocol
-        reused = getattr(protocol, _HANDED_OUT, False)
-        if not reused and protocol is not None:
-            with contextlib.suppress(AttributeError):  # a protocol without a __dict__
-                setattr(protocol, _HANDED_OUT, True)
-        _reused.set(reused)
-        return connection
+    #: Connections opened so far, by every task.
+    opened = 0
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        protocol = await super()._create_connection(req, traces, timeout)
+        self.opened += 1
+        cell = _opened.get()
+        if cell is not None:
+            cell.count += 1
+        return protocol
