@@ -60,7 +60,7 @@ from ._http import (
     status_error,
     tells_reuse,
 )
-from ._models import Outcome, UpscaleResult
+from ._models import Outcome, UpscaleResult, result_from_answer
 from ._ratelimit import AdaptiveRateLimit, RateLimiter
 from ._stats import ClientStats, StatsRecorder
 from ._validation import is_loopback_host, validate_image_url, validate_scale
@@ -404,14 +404,8 @@ class MonicaClient:
                     what=lambda: f"upscale {loggable_url(image)}",
                 )
             payload, raw, request_id, attempts = done
-            result = UpscaleResult.from_response(
-                payload,
-                source=image,
-                scale=scale,
-                attempts=attempts,
-                elapsed=time.monotonic() - began,
-                request_id=request_id,
-                raw=raw,
+            result = result_from_answer(
+                payload, image, scale, attempts, time.monotonic() - began, request_id, raw
             )
         except BaseException as exc:
             if isinstance(exc, MonicaError):
