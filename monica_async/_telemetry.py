@@ -296,21 +296,28 @@ class _Attempt:
 
     async def track(self, call: Awaitable[T]) -> T:
         """Await *call*, the attempt itself, under this span; record how it ended."""
+        token = self.enter()
+        try:
+            answer = await call
+        except BaseException as exc:
+            self.leave(token, exc)
+            raise
+        self.leave(token, None)
+        return answer
+
+    def enter(self) -> object:
+        """Make this span current for the attempt's exchange; a token for :meth:`leave`."""
         context = otel_context.get_current()
         if self.span is not None:
             context = otel_trace.set_span_in_context(self.span, context)
         if _SUPPRESS_HTTP is not None:
             context = otel_context.set_value(_SUPPRESS_HTTP, True, context)
-        token = otel_context.attach(context)
-        try:
-            answer = await call
-        except BaseException as exc:
-            self._end(exc)
-            raise
-        finally:
-            otel_context.detach(token)
-        self._end(None)
-        return answer
+        return otel_context.attach(context)
+
+    def leave(self, token: object, exc: BaseException | None) -> None:
+        """End the attempt :meth:`enter` began: it raised *exc*, or succeeded."""
+        otel_context.detach(token)  # type: ignore[arg-type]
+        self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
         attributes = self.attributes

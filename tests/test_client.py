@@ -523,6 +523,22 @@ def test_outcome_ok(outcome: Outcome, ok: bool) -> None:
     assert ok == outcome.ok
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://images.test/a.png?x=1&y=2",
+        'https://images.test/a"b.png',
+        "https://images.test/a\\b.png",
+        "https://bilder.test/größe.png",
+    ],
+)
+def test_request_body_is_the_json_of_the_url_and_scale(url: str) -> None:
+    """Plain URLs skip json.dumps; quotes, backslashes and non-ASCII are still JSON."""
+    from monica_async._client import _request_body
+
+    assert {"image": url, "scale": 2} == json.loads(_request_body(url, 2))
+
+
 def test_a_batchs_outcome_equals_one_built_by_hand() -> None:
     """The batch's fast constructor sets every field ``__init__`` sets."""
     result = UpscaleResult(url=RESULT, source=IMAGE, scale=2)
