@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, overload
+from typing import TYPE_CHECKING, Any, Final, Self, cast, overload
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -61,7 +61,7 @@ from ._http import (
     tells_reuse,
 )
 from ._models import Outcome, UpscaleResult, result_from_answer
-from ._ratelimit import AdaptiveRateLimit, RateLimiter
+from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter, _Booking
 from ._stats import ClientStats, StatsRecorder
 from ._validation import is_loopback_host, validate_image_url, validate_scale
 
@@ -74,6 +74,9 @@ logger = logging.getLogger("monica_async")
 
 #: Inputs starting so are URLs: the batch's fast path, no storage involved.
 _WEB_PREFIXES: Final = ("https://", "http://")
+#: Limiters whose start and success the client calls without a coroutine (their own
+#: methods, not a subclass's overrides: hence the exact types).
+_IN_PROCESS_LIMITERS: Final = (AdaptiveRateLimit, RateLimit)
 
 
 def _request_body(image: str, scale: int) -> bytes:
@@ -445,8 +448,10 @@ class MonicaClient:
             await slots.acquire()
         try:
             limiter = self.rate_limit
-            adaptive = limiter if type(limiter) is AdaptiveRateLimit else None
-            if adaptive is not None and adaptive._try_acquire():
+            # The in-process limiters let an attempt that nothing holds back start
+            # without a coroutine; any other limiter is awaited.
+            local = cast(_Booking, limiter) if type(limiter) in _IN_PROCESS_LIMITERS else None
+            if local is not None and local._try_acquire():
                 waited = 0.0
             else:
                 waited = await limiter.acquire()
@@ -554,8 +559,8 @@ class MonicaClient:
             if auto is not None:
                 now = time.monotonic()
                 auto.accepted(now, now - started, in_flight)
-            if adaptive is not None:
-                adaptive._succeeded(started)
+            if local is not None:
+                local._succeeded(started)
             else:
                 await limiter.on_success(started)
         finally:

@@ -152,8 +152,20 @@ class _Booking:
             # A 429 paused everyone while we slept: give the slot back and queue behind it.
             self._cancel(slot)
 
+    def _try_acquire(self) -> bool:
+        """Let one attempt start if it may start now; tell whether it did.
+
+        The client calls this before :meth:`acquire`: when nothing holds the attempt
+        back, it starts without a coroutine (a batch's hot path).
+        """
+        raise NotImplementedError
+
     async def on_success(self, started: float) -> None:
         """Report that an attempt was accepted (ends a run of 429s)."""
+        self._succeeded(started)
+
+    def _succeeded(self, started: float) -> None:
+        """:meth:`on_success` without a coroutine (the client calls it directly)."""
         self._pause.streak = 0
 
     async def aclose(self) -> None:
@@ -267,8 +279,16 @@ class RateLimit(_Booking):
         """Seconds between starts at the steady rate."""
         return self.per / self.requests
 
-    def _book(self, now: float) -> float:
-        pause = self._pause.not_before
+    def _try_acquire(self) -> bool:
+        now = time.monotonic()
+        if self._earliest(now) > now:
+            return False
+        self._tat = max(self._tat, now) + self._interval
+        self._log.append(now)
+        return True
+
+    def _earliest(self, now: float) -> float:
+        """The earliest start both rules allow a booking made at *now* (books nothing)."""
         window = self._window
         log = self._log
         # Starts older than a window can no longer hold anything back: forget them, so
@@ -277,17 +297,22 @@ class RateLimit(_Booking):
         while log and log[0] <= horizon:
             log.popleft()
         # GCRA: the burst allowance lets a start come up to `burst_span` before the TAT.
-        slot = max(now, pause, self._tat - self._burst_span)
+        slot = max(now, self._pause.not_before, self._tat - self._burst_span)
         # Sliding log: the `requests`-th latest start must have left the window.
         if len(log) >= self.requests:
             slot = max(slot, log[-self.requests] + window)
         if log:
             slot = max(slot, log[-1])
+        return slot
+
+    def _book(self, now: float) -> float:
+        pause = self._pause.not_before
+        slot = self._earliest(now)
         if pause > now and slot <= pause:
             # Resume after a pause paced, not as a herd: the burst allowance starts empty.
             self._tat = max(self._tat, slot + self._burst_span)
         self._tat = max(self._tat, slot) + self._interval
-        log.append(slot)
+        self._log.append(slot)
         return slot
 
     def _cancel(self, slot: float) -> None:

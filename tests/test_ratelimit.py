@@ -51,6 +51,45 @@ def test_no_sliding_window_holds_more_than_the_limit(burst: int | None, seed: in
     assert all(slot >= arrival for slot, arrival in zip(slots, arrivals, strict=True))
 
 
+@pytest.mark.parametrize("burst", [None, 3])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_starting_without_a_coroutine_books_what_acquire_would(
+    burst: int | None, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_try_acquire starts an attempt exactly when a booking would start it at once, and
+    books nothing otherwise: starts and slots match a limiter that only books."""
+    rng = random.Random(seed)
+    arrivals = sorted(rng.uniform(0, 5) for _ in range(300))
+    fast = RateLimit(10, per=1.0, burst=burst, margin=1e-9)
+    booked = RateLimit(10, per=1.0, burst=burst, margin=1e-9)
+    clock = iter(arrivals)
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    starts: list[float] = []
+    expected_starts: list[float] = []
+    tried = 0
+    for arrival in arrivals:
+        expected = booked._book(arrival)
+        expected_starts.append(expected)
+        if fast._try_acquire():
+            tried += 1
+            starts.append(arrival)
+            assert expected == arrival
+        else:
+            assert expected > arrival
+            starts.append(fast._book(arrival))
+    assert starts == expected_starts
+    assert 0 < tried < len(arrivals)
+    assert max_in_window(starts, 1.0) <= 10
+
+
+def test_a_pause_stops_starts_without_a_coroutine() -> None:
+    """While a 429's pause lasts, _try_acquire refuses even with the pace free."""
+    limit = RateLimit(100)
+    assert limit._try_acquire()
+    limit._pause.extend(5.0, time.monotonic(), time.monotonic())
+    assert not limit._try_acquire()
+
+
 @pytest.mark.parametrize(
     ("requests", "per", "margin"), [(10, 1.0, 0.0), (60, 60.0, None), (7, 2.0, 0.1)]
 )
