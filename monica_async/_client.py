@@ -49,6 +49,7 @@ from ._http import (
     USER_AGENT,
     EnvProxies,
     ReuseAwareConnector,
+    arrived_body,
     connections_opened,
     declared_within,
     loggable_url,
@@ -502,6 +503,8 @@ class MonicaClient:
                                 answer_headers = response.headers
                                 if status != 200:
                                     data, whole = await read_error_body(response), True
+                                elif response.content.is_eof() and not session.trace_configs:
+                                    data, whole = arrived_body(response, MAX_ANSWER_BYTES)
                                 elif declared_within(response, MAX_ANSWER_BYTES):
                                     data, whole = await response.read(), True
                                 else:

@@ -9,6 +9,7 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import attrs
 import pytest
 from aiohttp import web
@@ -21,7 +22,7 @@ from monica_async import (
     RetryPolicy,
 )
 from monica_async._exceptions import excerpt
-from monica_async._http import MAX_ANSWER_BYTES
+from monica_async._http import MAX_ANSWER_BYTES, arrived_body
 
 IMAGE = "https://images.test/cat.png"
 RESULT = "https://cdn.test/cat@2x.png"
@@ -104,6 +105,65 @@ async def test_answer_at_the_cap_is_read(loopback: Start) -> None:
     async with MonicaClient(base_url=await loopback(handler)) as client:
         result = await client.upscale(IMAGE)
     assert RESULT == result.url
+
+
+@pytest.mark.parametrize(("extra", "whole"), [(0, True), (10, False)])
+async def test_a_body_that_has_arrived_is_taken_up_to_the_cap(
+    loopback: Start, extra: int, whole: bool
+) -> None:
+    """arrived_body takes what came, at most the cap, and tells whether that was all."""
+    body = b"x" * (MAX_ANSWER_BYTES + extra)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    base_url = await loopback(handler)
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(base_url)
+        await response.content.wait_eof()
+        data, complete = arrived_body(response, MAX_ANSWER_BYTES)
+        response.release()
+    assert (MAX_ANSWER_BYTES, whole) == (len(data), complete)
+
+
+async def test_answers_come_back_on_one_kept_alive_connection(loopback: Start) -> None:
+    """Answers taken as they arrive, and the response released, leave the connection
+    in the pool: one client's calls one after another all use the same one."""
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.Response(body=ANSWER, content_type="application/json")
+
+    async with MonicaClient(base_url=await loopback(handler), max_concurrency=1) as client:
+        urls = [(await client.upscale(IMAGE)).url for _ in range(5)]
+    assert ([RESULT] * 5, 1) == (urls, len(set(peers)))
+
+
+async def test_a_session_with_trace_configs_still_hears_of_the_answer(loopback: Start) -> None:
+    """An injected session's trace configs are told of the answer's body, as aiohttp's
+    read() tells them (the client takes the body another way when nothing listens)."""
+    chunks: list[bytes] = []
+
+    async def on_chunk(
+        session: aiohttp.ClientSession,
+        context: Any,
+        params: aiohttp.TraceResponseChunkReceivedParams,
+    ) -> None:
+        chunks.append(params.chunk)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=ANSWER, content_type="application/json")
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_response_chunk_received.append(on_chunk)
+    base_url = await loopback(handler)
+    async with (
+        aiohttp.ClientSession(trace_configs=[tracing]) as session,
+        MonicaClient(base_url=base_url, session=session) as client,
+    ):
+        result = await client.upscale(IMAGE)
+    assert (RESULT, [ANSWER]) == (result.url, chunks)
 
 
 async def _settled(sent: list[int], count: int) -> None:
