@@ -21,7 +21,7 @@ import contextlib
 import gc
 import json
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterator
 from types import TracebackType
 from typing import Any, cast
 
@@ -45,17 +45,21 @@ Contender = Callable[[int, int], Coroutine[Any, Any, int]]
 
 
 class _Body:
-    """The body as a stream: the client reads it in capped pieces, to its end."""
+    """The body as a stream, all of it arrived with the headers (as a short answer does)."""
 
     def __init__(self) -> None:
         self._left = _BODY
 
-    async def read(self, n: int = -1) -> bytes:
-        if self._left is _BODY:
-            await asyncio.sleep(0)  # a real answer arrives in a later turn of the loop
+    def read_nowait(self, n: int = -1) -> bytes:
         piece = self._left if n < 0 else self._left[:n]
         self._left = self._left[len(piece) :]
         return piece
+
+    async def read(self, n: int = -1) -> bytes:
+        return self.read_nowait(n)
+
+    def is_eof(self) -> bool:
+        return True
 
     def at_eof(self) -> bool:
         return not self._left
@@ -70,12 +74,21 @@ class _Answer:
         self.content = _Body()
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        return self.content.read_nowait()
+
+    def release(self) -> None:
+        """Nothing to give back."""
 
 
 class _Exchange:
-    async def __aenter__(self) -> _Answer:
+    """What ``post()`` returns: awaited, or entered with ``async with``, as aiohttp's is."""
+
+    def __await__(self) -> Generator[Any, None, _Answer]:
+        yield from asyncio.sleep(0).__await__()  # a real answer comes in a later turn
         return _Answer()
+
+    async def __aenter__(self) -> _Answer:
+        return await self
 
     async def __aexit__(
         self,
@@ -90,6 +103,7 @@ class StandInSession:
     """Just enough of ``aiohttp.ClientSession`` for an upscale call: no sockets."""
 
     closed = False
+    trace_configs: list[aiohttp.TraceConfig] = []  # noqa: RUF012 - read only
 
     def post(self, url: str, **kwargs: object) -> _Exchange:
         """Answer 200 with an image URL."""
