@@ -27,14 +27,17 @@ from ._exceptions import (
     InvalidRequestError,
     MonicaError,
     PermissionDeniedError,
+    QuotaExceededError,
 )
 from ._flow import Channel, Slots
 from ._models import Outcome, UpscaleResult
+from ._refusal import Refusal, Unsent
 
 __all__ = ["run_batch"]
 
-#: Errors that concern the whole key: after one, sending more requests is pointless.
-KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError)
+#: Errors that concern the whole key: after one, sending more requests is pointless
+#: (a spent balance included: every request would get it until a top-up).
+KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError, QuotaExceededError)
 
 
 class _Finished:
@@ -156,11 +159,12 @@ async def _run(
     # In ordered mode the channel is bounded by the look-ahead instead: a worker takes
     # a place before pulling an input and the consumer frees it when it yields that one.
     lookahead = Slots(buffer) if ordered else None
-    key_error: list[MonicaError] = []
+    refusal = Refusal()
 
     numbered = source.numbered
 
     async def work() -> None:
+        refusal.enter()
         try:
             while not source.exhausted:
                 if lookahead is not None:
@@ -173,14 +177,17 @@ async def _run(
                     break
                 index, item = pulled
                 label = item if isinstance(item, str) else _label(item)
-                if key_error:
-                    outcome = Outcome(index=index, source=label, error=key_error[0])
+                if refusal.error is not None:
+                    outcome = Outcome(index=index, source=label, error=refusal.error)
                 else:
                     try:
                         result = await call(item)  # type: ignore[arg-type]  # validated by call
+                    except Unsent:
+                        assert refusal.error is not None
+                        outcome = Outcome(index=index, source=label, error=refusal.error)
                     except MonicaError as exc:
-                        if isinstance(exc, KEY_ERRORS) and not key_error:
-                            key_error.append(exc)
+                        if isinstance(exc, KEY_ERRORS):
+                            refusal.record(exc)
                         outcome = Outcome(index=index, source=label, error=exc)
                     else:
                         outcome = Outcome._succeeded(index, label, result)

@@ -63,6 +63,8 @@ from ._http import (
 )
 from ._models import Outcome, UpscaleResult, result_from_answer
 from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter, _Booking
+from ._refusal import check as check_refused
+from ._refusal import unless_refused
 from ._stats import ClientStats, StatsRecorder
 from ._validation import is_loopback_host, validate_image_url, validate_scale
 
@@ -446,7 +448,8 @@ class MonicaClient:
         if not slots.try_acquire():
             if auto is not None:
                 auto.waiting()
-            await slots.acquire()
+            # Waits end early, without a request, when the batch is refused meanwhile.
+            await unless_refused(slots.acquire)
         try:
             limiter = self.rate_limit
             # The in-process limiters let an attempt that nothing holds back start
@@ -455,7 +458,7 @@ class MonicaClient:
             if local is not None and local._try_acquire():
                 waited = 0.0
             else:
-                waited = await limiter.acquire()
+                waited = await unless_refused(limiter.acquire)
             if auto is not None and slots.free < 0 and stats.in_flight >= auto.limit:
                 # The target came down while this caller waited for the limiter (a
                 # server cap was found) and as many as it allows are in flight: wait
@@ -463,6 +466,8 @@ class MonicaClient:
                 slots.release()
                 auto.waiting()
                 await slots.acquire()
+            # Nothing more is sent for a batch refused while this attempt waited.
+            check_refused()
             stats.limiter_wait += waited
             started = time.monotonic()
             if auto is not None:
