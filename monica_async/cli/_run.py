@@ -727,11 +727,12 @@ def _exit_status(run: _Run) -> int:
 
 def _quota_message(run: _Run, error: QuotaExceededError, hint: str | None) -> str:
     """What to say when the balance ran out: what happened, what is left, how to go on."""
-    then = (
-        f"then run:\n  {hint}"
-        if hint
-        else "then send the inputs whose records failed again (-o - cannot be resumed)"
-    )
+    if hint:
+        then = f"then run:\n  {hint}"
+    elif run.options.to_stdout:
+        then = "then send again the inputs whose records failed (-o - cannot be resumed)"
+    else:
+        then = "then run the same command with --resume"
     return (
         f"monica-upscale: error: the balance of this API key is exhausted ({error}); "
         f"stopped sending: {run.tally.succeeded} input(s) upscaled in this run, the others "
