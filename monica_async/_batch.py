@@ -31,7 +31,7 @@ from ._exceptions import (
 )
 from ._flow import Channel, Slots
 from ._models import Outcome, UpscaleResult
-from ._refusal import Refusal, Unsent
+from ._refusal import Refusal
 
 __all__ = ["run_batch"]
 
@@ -182,9 +182,6 @@ async def _run(
                 else:
                     try:
                         result = await call(item)  # type: ignore[arg-type]  # validated by call
-                    except Unsent:
-                        assert refusal.error is not None
-                        outcome = Outcome(index=index, source=label, error=refusal.error)
                     except MonicaError as exc:
                         if isinstance(exc, KEY_ERRORS):
                             refusal.record(exc)

@@ -4,30 +4,24 @@ A refused key or a spent balance is the same answer for every further request. T
 workers of a batch share one :class:`Refusal` through a context variable: the request
 path asks it before sending (:func:`check`) and waits through :func:`unless_refused`,
 so that a caller waiting for an in-flight place, for the rate limiter or between two
-attempts ends at once, without a request, when another worker records the refusal.
-Requests already sent are left to finish. Outside a batch nothing changes.
+attempts ends at once, without a request, when another worker records the refusal:
+it raises a copy of the refusal, as if the server had answered it that. Requests
+already sent are left to finish. Outside a batch nothing changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 from ._exceptions import MonicaError
 
-__all__ = ["Refusal", "Unsent", "check", "unless_refused"]
+__all__ = ["Refusal", "check", "unless_refused"]
 
 T = TypeVar("T")
-
-
-class Unsent(Exception):
-    """Raised in place of a request that its batch's refusal kept from being sent.
-
-    Not a :class:`MonicaError`: the batch turns it into an outcome carrying the
-    refusal itself, and nothing on the way counts it as a failure of its own.
-    """
 
 
 class Refusal:
@@ -53,34 +47,43 @@ class Refusal:
             self._interrupted.add(task)
             task.cancel()
 
+    def raise_copy(self) -> NoReturn:
+        """Raise the refusal again for a call that it kept from sending.
+
+        A copy: the refusal is the outcome of other inputs too, and raising an
+        exception (or a retry counting attempts) changes it.
+        """
+        assert self.error is not None
+        raise copy.copy(self.error)
+
 
 _CURRENT: ContextVar[Refusal | None] = ContextVar("monica_async_refusal", default=None)
 
 
 def check() -> None:
-    """Raise :class:`Unsent` when the running task's batch was refused."""
+    """Raise the refusal of the running task's batch, if it was refused."""
     refusal = _CURRENT.get()
     if refusal is not None and refusal.error is not None:
-        raise Unsent
+        refusal.raise_copy()
 
 
 async def unless_refused(wait: Callable[[], Awaitable[T]]) -> T:
-    """Await ``wait()``; raise :class:`Unsent` instead if the batch is refused meanwhile."""
+    """Await ``wait()``; raise the batch's refusal instead if it comes meanwhile."""
     refusal = _CURRENT.get()
     if refusal is None:
         return await wait()
     if refusal.error is not None:
-        raise Unsent
+        refusal.raise_copy()
     task = asyncio.current_task()
     assert task is not None
     refusal._waiting.add(task)
     try:
         return await wait()
     except asyncio.CancelledError:
-        # Only a cancellation of ours becomes Unsent; any other (the batch closed,
-        # the caller gave up) goes on as a cancellation.
+        # Only a cancellation of ours becomes the refusal; any other (the batch
+        # closed, the caller gave up) goes on as a cancellation.
         if task in refusal._interrupted and task.uncancel() == 0:
-            raise Unsent from None
+            refusal.raise_copy()
         raise
     finally:
         refusal._waiting.discard(task)
