@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
-from . import _download, _retry, _storage, _telemetry
+from . import _download, _redact, _retry, _storage, _telemetry
 from ._batch import run_batch
 from ._concurrency import AutoConcurrency, Blame, limiter_rate
 from ._config import (
@@ -421,6 +421,7 @@ class MonicaClient:
             )
         except BaseException as exc:
             if isinstance(exc, MonicaError):
+                self._scrub(exc, image)
                 stats.failures[type(exc).__name__] += 1
             if traced is not None:
                 traced.failed(exc)
@@ -751,24 +752,38 @@ class MonicaClient:
         """
         url = result.url if isinstance(result, UpscaleResult) else result
         limit = self.max_download_bytes if max_bytes is None else byte_limit("max_bytes", max_bytes)
-        if isinstance(path, str) and _storage.is_object_url(path):
-            return await self._storage.write(
+        try:
+            if isinstance(path, str) and _storage.is_object_url(path):
+                return await self._storage.write(
+                    self._open(),
+                    url,
+                    path,
+                    limit=limit,
+                    timeout=self._timeout_for(timeout),
+                    policy=self.retry,
+                    allow_insecure_http=self.allow_insecure_http,
+                    proxies=self._env_proxies,
+                )
+            return await _download.download(
                 self._open(),
                 url,
-                path,
+                Path(path),
                 limit=limit,
                 timeout=self._timeout_for(timeout),
                 policy=self.retry,
                 allow_insecure_http=self.allow_insecure_http,
                 proxies=self._env_proxies,
             )
-        return await _download.download(
-            self._open(),
-            url,
-            Path(path),
-            limit=limit,
-            timeout=self._timeout_for(timeout),
-            policy=self.retry,
-            allow_insecure_http=self.allow_insecure_http,
-            proxies=self._env_proxies,
-        )
+        except APIError as exc:
+            self._scrub(exc, url)
+            raise
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def _scrub(self, error: MonicaError, *urls: str) -> None:
+        """Hide the API key, and the secrets of *urls* (those sent), in *error* as it leaves.
+
+        The one place the client hands its key to the redaction (``_redact``); errors
+        are built without it, from the exchange's URLs alone.
+        """
+        _redact.scrub_error(error, key=self._api_key, urls=urls)

@@ -93,12 +93,40 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
         # Never CancelledError, never a bug of ours: only the library's API errors.
         return False
     if isinstance(exc, APIStatusError):
-        hint = getattr(exc, "should_retry_hint", None)
-        retry = bool(hint) if hint is not None else exc.status in policy.retry_statuses
-        if retry and exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
-            return False
-        return retry
+        return _retried_status(exc, policy) and not _waits_too_long(exc, policy)
     return isinstance(exc, APIConnectionError)
+
+
+def _retried_status(exc: APIStatusError, policy: RetryPolicy) -> bool:
+    hint = getattr(exc, "should_retry_hint", None)
+    return bool(hint) if hint is not None else exc.status in policy.retry_statuses
+
+
+def _waits_too_long(exc: APIStatusError, policy: RetryPolicy) -> bool:
+    return exc.retry_after is not None and exc.retry_after > policy.max_retry_after
+
+
+def _say_why_not_retried(exc: APIError, policy: RetryPolicy) -> None:
+    """Add to *exc*'s message that it was not retried for its ``Retry-After`` alone.
+
+    Such an answer would have been retried; only the wait it asks for is longer than
+    the policy honours, which the bare answer (``HTTP 429: slow down``) does not say.
+    """
+    if not (
+        isinstance(exc, APIStatusError)
+        and _retried_status(exc, policy)
+        and _waits_too_long(exc, policy)
+    ) or exc.message.endswith(_RAISE_IT):
+        return
+    assert exc.retry_after is not None
+    exc.message += (
+        f"; not retried: the server asked to wait {exc.retry_after:g}s (Retry-After), "
+        f"longer than RetryPolicy(max_retry_after={policy.max_retry_after:g}){_RAISE_IT}"
+    )
+    exc.args = (exc.message,)
+
+
+_RAISE_IT = "; raise max_retry_after to wait that long"
 
 
 def _wait_for(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
@@ -173,7 +201,10 @@ async def retry_failed(
     client together. Raises *first* when it is not worth a retry.
     """
     first.attempts = 1
-    if policy.max_attempts == 1 or not should_retry(first, policy):
+    if policy.max_attempts == 1:
+        raise first
+    if not should_retry(first, policy):
+        _say_why_not_retried(first, policy)
         raise first
 
     async def replay(number: int) -> T:
@@ -209,5 +240,6 @@ async def retry_failed(
                 return await replay(number)
             except APIError as exc:
                 exc.attempts = number
+                _say_why_not_retried(exc, policy)
                 raise
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover

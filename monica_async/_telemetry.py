@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import time
 from collections.abc import Awaitable
 from contextvars import ContextVar
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from ._exceptions import APIError, APIResponseValidationError, APIStatusError
+from ._redact import safe_url, scrub_text
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -72,9 +72,6 @@ _DURATION_BUCKETS: Final = (
 )
 _WAIT_BUCKETS: Final = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-#: A URL's query or fragment, and credentials before its host.
-_URL_QUERY: Final = re.compile(r"(\bhttps?://[^\s?#'\"]*)[?#][^\s'\"]*")
-_URL_CREDENTIALS: Final = re.compile(r"(\bhttps?://)[^\s/@'\"]+@")
 _DESCRIPTION_LIMIT: Final = 300
 
 try:
@@ -357,21 +354,23 @@ def _target(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
-    shown = f"[{host}]" if ":" in host else host
-    netloc = shown if parts.port is None else f"{shown}:{parts.port}"
-    return host, port, f"{parts.scheme}://{netloc}{parts.path}"
+    return host, port, safe_url(url)
 
 
 def describe(exc: BaseException) -> str:
     """*exc* for a span's status: its class and message, URLs without query or credentials.
 
-    Of an answer that is not 200, only the status and the body's error code: an error
-    page may quote what it was sent, a presigned URL's signature included.
+    Of an answer that is not 200, or a 200 that breaks the contract, only the status
+    and the body's error code: a body may quote what it was sent, a presigned URL's
+    signature or the API key included (the span of an attempt ends before the client
+    hides the key in the error).
     """
     if isinstance(exc, APIStatusError):
         text = f"HTTP {exc.status}" + (f" {exc.code[:100]}" if exc.code else "")
+    elif isinstance(exc, APIResponseValidationError):
+        text = f"HTTP {exc.status}, a body that breaks the contract"
     else:
-        text = _URL_CREDENTIALS.sub(r"\1", _URL_QUERY.sub(r"\1", str(exc)))
+        text = scrub_text(str(exc))
     if len(text) > _DESCRIPTION_LIMIT:
         text = text[:_DESCRIPTION_LIMIT] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

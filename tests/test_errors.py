@@ -305,15 +305,17 @@ TRANSPORT_ERRORS: list[tuple[Callable[[], BaseException], type[APIError], str]] 
             _KEY, ConnectionRefusedError(111, "Connection refused")
         ),
         APIConnectionError,
-        "cannot connect to api.test:443 (Connection refused)",
+        "cannot connect to api.test:443: connection refused (no server listens on that port)",
     ),
     (
         lambda: aiohttp.ClientConnectorDNSError(_KEY, OSError(-2, "Name or service not known")),
         APIConnectionError,
-        "cannot connect to api.test:443 (Name or service not known)",
+        "cannot find the host 'api.test' (Name or service not known)",
     ),
     (
-        lambda: aiohttp.ClientProxyConnectionError(_KEY, OSError(111, "Connection refused")),
+        lambda: aiohttp.ClientProxyConnectionError(
+            _KEY, OSError(111, "Connect call failed ('10.0.0.1', 3128)")
+        ),
         APIConnectionError,
         "cannot connect to the proxy api.test:443 (Connection refused); check HTTPS_PROXY",
     ),
