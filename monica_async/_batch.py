@@ -10,6 +10,7 @@ target asks for more.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import (
     AsyncGenerator,
@@ -32,6 +33,8 @@ from ._flow import Channel, Slots
 from ._models import Outcome, UpscaleResult
 
 __all__ = ["run_batch"]
+
+logger = logging.getLogger("monica_async")
 
 #: Errors that concern the whole key: after one, sending more requests is pointless.
 KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError)
@@ -108,6 +111,17 @@ def _label(item: object) -> str:
     return repr(item)
 
 
+def _warn_stopped(error: MonicaError) -> None:
+    """Say, once per batch, that no more requests are sent and why (a service's logs
+    would otherwise never tell why its batch stopped)."""
+    logger.warning(
+        "batch stopped sending requests after %s: %s; every input not yet sent gets "
+        "this error without a request",
+        type(error).__name__,
+        error,
+    )
+
+
 def run_batch(
     call: Callable[[str], Awaitable[UpscaleResult]],
     images: Iterable[object] | AsyncIterable[object],
@@ -181,6 +195,7 @@ async def _run(
                     except MonicaError as exc:
                         if isinstance(exc, KEY_ERRORS) and not key_error:
                             key_error.append(exc)
+                            _warn_stopped(exc)
                         outcome = Outcome(index=index, source=label, error=exc)
                     else:
                         outcome = Outcome._succeeded(index, label, result)
