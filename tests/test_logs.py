@@ -140,3 +140,54 @@ async def test_a_program_shows_its_records_on_stderr(
         assert re.match(pattern, line["message"]), line["message"]
     assert KEY not in err
     assert "signature" not in err
+
+
+#: The application configures logging itself, after importing the library.
+CONFIGURED_PROGRAM = PROGRAM.replace(
+    "monica_async.set_testing(True)\n",
+    "monica_async.set_testing(True)\n"
+    "import logging\n"
+    "logging.basicConfig(level=logging.INFO, format='APP %(levelname)s %(message)s')\n",
+)
+
+
+async def test_a_configured_application_gets_each_record_once(server: FakeMonicaServer) -> None:
+    """MONICA_LOG=debug with the application's basicConfig(level=INFO): every record is
+    printed once, by the application's handler, DEBUG ones included."""
+    env = {k: v for k, v in os.environ.items() if k != LOG_ENV}
+    env.update(KEY=KEY, BASE_URL=server.base_url, **{LOG_ENV: "debug"})
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-W", "error", "-c", CONFIGURED_PROGRAM),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    lines = err.decode().splitlines()
+
+    assert 0 == process.returncode, err.decode()
+    assert ["APP DEBUG", "APP INFO", "APP DEBUG"] == [line[:9].rstrip() for line in lines]
+    assert 3 == len(lines)
+
+
+def test_monica_log_prints_what_no_other_handler_prints(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler of the application at WARNING leaves the DEBUG and INFO records to
+    MONICA_LOG's; the WARNING ones it prints itself, and MONICA_LOG's steps aside."""
+    monkeypatch.setattr(logger, "propagate", False)  # out of reach of pytest's own handler
+    handler = configure_from_environment({LOG_ENV: "debug"}, logger.name)
+    assert handler is not None
+    handler.setStream(sys.stdout)
+    printed: list[str] = []
+    theirs = logging.Handler(logging.WARNING)
+    theirs.emit = lambda record: printed.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(theirs)
+
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+        logger.log(level, "at %s", logging.getLevelName(level))
+
+    assert ["at WARNING"] == printed
+    assert ["at DEBUG", "at INFO"] == [
+        line.rsplit(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
+    ]
