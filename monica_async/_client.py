@@ -391,7 +391,7 @@ class MonicaClient:
     ) -> _Answer:
         """Send one upscale request and check its answer; log it at DEBUG."""
         began = time.monotonic()
-        outcome = "no answer"
+        outcome, rid = "no answer", None
         try:
             answer = await post_json(
                 session,
@@ -401,17 +401,17 @@ class MonicaClient:
                 timeout=timeout,
                 proxy=self._proxy,
             )
-            rid = request_id(answer.headers)
-            outcome = f"{answer.status}" + (f", request id {rid}" if rid else "")
+            outcome, rid = str(answer.status), request_id(answer.headers)
             return self._checked(answer, number)
         finally:
             logger.debug(
-                "POST %s for %s -> %s in %.3fs (attempt %d)",
+                "POST %s for %s -> %s in %.3fs (attempt %d%s)",
                 self._endpoint_path,
                 loggable_url(image),
                 outcome,
                 time.monotonic() - began,
                 number,
+                f", request id {rid}" if rid else "",
             )
 
     def _checked(self, answer: Answer, number: int) -> _Answer:
@@ -483,21 +483,17 @@ class MonicaClient:
                 before any request.
         """
         scale = validate_scale(scale)
-        timeout, policy = self.timeout, self.retry
         self._open()
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
+        _check_positive_int("workers", workers)
+        _check_positive_int("buffer", buffer)
         growth = self._auto if workers is None else None
         count = workers or self.max_concurrency or 1
         if growth is not None:
             count = growth.wanted()
         most = count if growth is None else MAX_AUTO_CONCURRENCY
-        size = 2 * most if buffer is None else buffer
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
-        call = functools.partial(self._upscale_input, scale=scale, timeout=timeout, policy=policy)
+        call = functools.partial(
+            self._upscale_input, scale=scale, timeout=self.timeout, policy=self.retry
+        )
         return run_batch(
             call,
             images,
@@ -505,7 +501,7 @@ class MonicaClient:
             on_start=self._open,
             workers=count,
             growth=growth,
-            buffer=size,
+            buffer=2 * most if buffer is None else buffer,
             ordered=ordered,
         )
 
@@ -599,6 +595,11 @@ class MonicaClient:
             allow_insecure_http=self.allow_insecure_http,
             proxies=self._env_proxies,
         )
+
+
+def _check_positive_int(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidRequestError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _checked_retry(retry: RetryPolicy | None) -> RetryPolicy:

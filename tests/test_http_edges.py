@@ -22,7 +22,7 @@ from monica_async import (
     RetryPolicy,
 )
 from monica_async._exceptions import excerpt
-from monica_async._http import MAX_ANSWER_BYTES, arrived_body
+from monica_async._http import MAX_ANSWER_BYTES
 
 IMAGE = "https://images.test/cat.png"
 RESULT = "https://cdn.test/cat@2x.png"
@@ -105,25 +105,6 @@ async def test_answer_at_the_cap_is_read(loopback: Start) -> None:
     async with MonicaClient(base_url=await loopback(handler)) as client:
         result = await client.upscale(IMAGE)
     assert RESULT == result.url
-
-
-@pytest.mark.parametrize(("extra", "whole"), [(0, True), (10, False)])
-async def test_a_body_that_has_arrived_is_taken_up_to_the_cap(
-    loopback: Start, extra: int, whole: bool
-) -> None:
-    """arrived_body takes what came, at most the cap, and tells whether that was all."""
-    body = b"x" * (MAX_ANSWER_BYTES + extra)
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body)
-
-    base_url = await loopback(handler)
-    async with aiohttp.ClientSession() as session:
-        response = await session.get(base_url)
-        await response.content.wait_eof()
-        data, complete = arrived_body(response, MAX_ANSWER_BYTES)
-        response.release()
-    assert (MAX_ANSWER_BYTES, whole) == (len(data), complete)
 
 
 async def test_answers_come_back_on_one_kept_alive_connection(loopback: Start) -> None:
