@@ -132,6 +132,8 @@ _RAISE_IT = "; raise max_retry_after to wait that long"
 def _wait_for(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, APIConnectionError) and exc.reused_connection:
+            return 0.0  # a kept-alive connection the server had closed: no backoff needed
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             # A little positive jitter, so callers told the same time do not wake together.

@@ -115,9 +115,17 @@ _LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>
         (
             "debug",
             [
-                ("DEBUG", r"POST /v1/image/tool/upscale -> 503 in \d\.\d{3}s \(attempt 1\)"),
+                (
+                    "DEBUG",
+                    r"POST /v1/image/tool/upscale for https://img\.test/cat\.png -> 503 in "
+                    r"\d\.\d{3}s \(attempt 1, request id req-\w+\)",
+                ),
                 ("INFO", r"upscale https://img\.test/cat\.png: retrying in \S+ after HTTP 503 "),
-                ("DEBUG", r"POST /v1/image/tool/upscale -> 200 in \d\.\d{3}s \(attempt 2\)"),
+                (
+                    "DEBUG",
+                    r"POST /v1/image/tool/upscale for https://img\.test/cat\.png -> 200 in "
+                    r"\d\.\d{3}s \(attempt 2, request id req-\w+\)",
+                ),
             ],
         ),
         ("info", [("INFO", r"upscale https://img\.test/cat\.png: retrying in ")]),

@@ -289,6 +289,33 @@ async def test_batch_inputs_each_get_a_span_and_an_outcome(
     }
 
 
+@pytest.mark.parametrize("caller_span", [True, False], ids=["under-job", "no-span"])
+async def test_a_growing_batchs_spans_are_children_of_the_callers(
+    otel: Recorded, server: FakeMonicaServer, caller_span: bool
+) -> None:
+    """150 inputs with automatic concurrency, whose workers start while the target grows:
+    every monica.upscale span is a child of the span current where the batch was made
+    (``job``), or a root when there was none; never another input's."""
+    server.latency = (0.02, 0.06)
+    tracer = otel.tracer_provider.get_tracer("app")
+    async with client_for(server, rate_limit=RateLimit(10**6)) as client:
+        if caller_span:
+            with tracer.start_as_current_span("job"):
+                outcomes = await client.upscale_all([image(n) for n in range(150)])
+        else:
+            outcomes = await client.upscale_all([image(n) for n in range(150)])
+        grown = client.stats.concurrency
+
+    [job] = otel.finished("job") or [None]
+    expected = job.context.span_id if job is not None and job.context else None
+    parents = [
+        span.parent.span_id if span.parent else None for span in otel.finished("monica.upscale")
+    ]
+    assert all(outcome.ok for outcome in outcomes)
+    assert grown > 16  # workers were started as the target grew
+    assert [expected] * 150 == parents
+
+
 async def test_a_cancelled_call_ends_its_spans(otel: Recorded, server: FakeMonicaServer) -> None:
     """A call cancelled mid-attempt still ends both spans, with error.type CancelledError."""
     server.latency = 10.0
