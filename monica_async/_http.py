@@ -309,7 +309,7 @@ def _timeout_detail(exc: BaseException, timeout: aiohttp.ClientTimeout | float |
         if timeout.sock_read is not None:
             return f": no data for {timeout.sock_read:g}s (the sock_read limit of timeout=)"
     elif timeout.total is not None:
-        return f" after {timeout.total:g}s (timeout={timeout.total:g}, per attempt)"
+        return f" after {timeout.total:g}s (the timeout of one attempt)"
     return f" ({type(exc).__name__})"
 
 

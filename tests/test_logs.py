@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from monica_async import MonicaClient
 from monica_async._logs import LOG_ENV, configure_from_environment
 from monica_async.testing import FakeMonicaServer, Fault
 
@@ -199,3 +200,26 @@ def test_monica_log_prints_what_no_other_handler_prints(
     assert ["at DEBUG", "at INFO"] == [
         line.rsplit(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
     ]
+
+
+async def test_a_batch_that_stops_sending_says_why_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused key stops a batch: one WARNING names the error, not the key, however
+    many inputs get it."""
+    async with (
+        FakeMonicaServer(api_key="another-key", process_images=False) as server,
+        MonicaClient(KEY, base_url=server.base_url) as client,
+    ):
+        urls = [f"{server.base_url}/images/{i}.png" for i in range(6)]
+        with caplog.at_level(logging.WARNING, logger="monica_async"):
+            outcomes = await client.upscale_all(urls, workers=1)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 6 == sum(not o.ok for o in outcomes)
+    assert 1 == len(warnings), warnings
+    assert warnings[0].startswith(
+        "batch stopped sending requests after AuthenticationError: HTTP 401"
+    )
+    assert warnings[0].endswith("every input not yet sent gets this error without a request")
+    assert KEY not in caplog.text

@@ -30,7 +30,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
-from monica_async import MonicaClient, PermissionDeniedError, RateLimit, RetryPolicy, _telemetry
+from monica_async import (
+    APIResponseValidationError,
+    MonicaClient,
+    PermissionDeniedError,
+    RateLimit,
+    RetryPolicy,
+    _telemetry,
+)
 from monica_async.testing import FakeMonicaServer, Fault
 
 KEY = "sk-otel-0123456789-SECRET"
@@ -551,3 +558,22 @@ def test_span_names_are_the_documented_ones() -> None:
     assert ("monica.upscale", "http.client.request.duration") == names[:2]
     for name in (*names, "monica.attempts", "monica.request_id", "http.request.resend_count"):
         assert f"`{name}`" in docs
+
+
+async def test_a_body_quoting_the_key_stays_out_of_every_span(
+    otel: Recorded, loopback: Callable[[Handler], Awaitable[str]]
+) -> None:
+    """A 200 that is not JSON and quotes the key (a misbehaving proxy, say) fails the
+    call; neither the attempt's span nor the call's shows the key."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=f"you sent {request.headers['Authorization']}")
+
+    base = await loopback(echo)
+    async with MonicaClient(KEY, base_url=base, retry=RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(APIResponseValidationError):
+            await client.upscale(image())
+
+    spans = otel.finished()
+    assert {"POST", "monica.upscale"} == {span.name for span in spans}
+    assert [] == [span.name for span in spans if KEY in span.to_json()]
