@@ -22,9 +22,10 @@ What is emitted (names that dashboards can rely on):
   but ``url.full``; histogram ``monica.limiter.wait`` (s) per attempt; counter
   ``monica.upscale.outcomes`` with ``outcome`` = ``ok`` or the error's class name.
 
-Nothing carries the API key, and URLs (in ``url.full`` and in error descriptions)
-lose their query, where presigned URLs keep their signature; an error answer's
-body is left out, as it may quote them. While an attempt's span
+Nothing carries the API key, and URLs lose their query, where presigned URLs keep
+their signature (``url.full`` drops it, an error description shows ``?<redacted>``);
+the body of an error answer, or of a 200 that breaks the contract, is left out, as it
+may quote them. While an attempt's span
 is current, OpenTelemetry's "suppress HTTP instrumentation" context key is set, so
 that opentelemetry-instrumentation-aiohttp-client does not add a second span (and a
 second duration) for the same request.
