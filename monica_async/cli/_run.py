@@ -554,9 +554,10 @@ def _check_writable(directory: Path) -> None:
         os.unlink(probe)
 
 
-def _worth_retrying(tally: Tally) -> bool:
-    """Whether some failure of the run could succeed on a retry (``--resume``)."""
-    return any(name not in _NEVER_SUCCEED for name in tally.failed)
+def _retry_hint(tally: Tally, hint: str | None) -> str | None:
+    """*hint* (the ``--resume`` command) if some failure of the run could succeed on a
+    retry; ``None`` when every one would fail again as it is."""
+    return hint if any(name not in _NEVER_SUCCEED for name in tally.failed) else None
 
 
 def _open_source(options: RunOptions, stdin: IO[bytes]) -> InputSource | DirectorySource:
@@ -709,7 +710,7 @@ async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
             run.reporter.note(f"To resume, run:\n  {hint}")
         return EXIT_INTERRUPTED
     if run.tally.failures:
-        hint = hint if _worth_retrying(run.tally) else None
+        hint = _retry_hint(run.tally, hint)
         if quiet:
             tally = run.tally
             kinds = ", ".join(f"{name} {count}" for name, count in tally.failed.most_common())
