@@ -302,9 +302,10 @@ def _timeout_detail(exc: BaseException, timeout: aiohttp.ClientTimeout | float |
     if timeout is None:
         return f" ({type(exc).__name__})"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        seconds = timeout.sock_connect or timeout.connect
-        if seconds is not None:
-            return f": no connection within {seconds:g}s (the connect limit of timeout=)"
+        # connect (a pooled connection included) or sock_connect: the shorter ran out.
+        limits = [t for t in (timeout.connect, timeout.sock_connect) if t is not None]
+        if limits:
+            return f": no connection within {min(limits):g}s (the connect limit of timeout=)"
     elif isinstance(exc, aiohttp.ServerTimeoutError):
         if timeout.sock_read is not None:
             return f": no data for {timeout.sock_read:g}s (the sock_read limit of timeout=)"

@@ -1,7 +1,7 @@
 """Secrets out of everything the library says: what is secret, and the one way it is hidden.
 
-Secret are the API key and, of every URL the client sends a request to or sends in a
-request (the image of an upscale, the result of a download), its userinfo
+What is secret: the API key and, of every URL the client sends a request to or sends
+in a request (the image of an upscale, the result of a download), its userinfo
 (``user:password@``) and the values of its query (a presigned URL's signature and
 credential). A fragment is never sent, and dropped with the query.
 
