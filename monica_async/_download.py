@@ -200,9 +200,8 @@ async def download(
     proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
-        once = _download_once(session, url, target, limit, timeout, proxy)
-        traced = _telemetry.download_started(url, number)  # None unless OpenTelemetry is set up
-        return await (once if traced is None else traced.track(once))
+        with _telemetry.download_started(url, number):
+            return await _download_once(session, url, target, limit, timeout, proxy)
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
 
