@@ -47,7 +47,6 @@ from ._http import (
     ReuseAwareConnector,
     loggable_url,
     readable_text,
-    request_id,
     status_error,
 )
 from ._models import Outcome, UpscaleResult, result_from_answer
@@ -301,15 +300,15 @@ class MonicaClient:
         self._open()
         return await self._upscale_input(image, scale, resolved, policy)
 
-    async def _upscale_input(
+    def _upscale_input(
         self, image: object, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
-    ) -> UpscaleResult:
-        """Upscale an input as a batch or a call has it: a URL as it is, an object or a
-        file through the storage."""
+    ) -> Awaitable[UpscaleResult]:
+        """The upscale of an input as a call or a batch has it, to await: a URL as it is,
+        an object or a file through the storage."""
         if isinstance(image, str) and image.startswith(_WEB_PREFIXES):
-            return await self._upscale(image, scale, timeout, policy)
+            return self._upscale(image, scale, timeout, policy)
         call = functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy)
-        return await self._upscale_stored(image, call, policy, timeout)
+        return self._upscale_stored(image, call, policy, timeout)
 
     async def _upscale_stored(
         self,
@@ -336,7 +335,10 @@ class MonicaClient:
     ) -> UpscaleResult:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
-        session = self._open()
+        # upscale() and a batch's start checked the event loop (get_running_loop() is a
+        # system call on Python 3.11); a closed client still refuses here.
+        session = self._session if self._state is _State.OPENED else None
+        session = session or self._open()
         stats = self._stats
         stats.requests += 1
         began = time.monotonic()
@@ -372,53 +374,48 @@ class MonicaClient:
         number: int,
         policy: RetryPolicy,
     ) -> _Answer:
-        """Attempt *number*: wait for a turn, then one POST, traced and checked.
+        """Attempt *number*: wait for a turn, then one POST, traced, logged and checked.
 
         Every POST is an attempt: it is counted, traced and bounded by the policy, a
         resend on a connection the server had closed included.
         """
         async with self._admission.turn(number, policy.max_retry_after) as turn:
-            traced = _telemetry.attempt_started(self._endpoint, number, turn.waited)
-            exchange = self._exchange(session, image, scale, timeout, number)
-            return await (exchange if traced is None else traced.track(exchange))
+            with _telemetry.attempt_started(self._endpoint, number, turn.waited):
+                began = time.monotonic()
+                try:
+                    answer = await post_json(
+                        session,
+                        self._endpoint,
+                        {"image": image, "scale": scale},
+                        headers=self._api_headers,
+                        timeout=timeout,
+                        proxy=self._proxy,
+                    )
+                except BaseException:
+                    self._log_attempt(image, None, began, number)
+                    raise
+                self._log_attempt(image, answer, began, number)
+                return self._checked(answer, number)
 
-    async def _exchange(
-        self,
-        session: aiohttp.ClientSession,
-        image: str,
-        scale: int,
-        timeout: aiohttp.ClientTimeout,
-        number: int,
-    ) -> _Answer:
-        """Send one upscale request and check its answer; log it at DEBUG."""
-        began = time.monotonic()
-        outcome, rid = "no answer", None
-        try:
-            answer = await post_json(
-                session,
-                self._endpoint,
-                {"image": image, "scale": scale},
-                headers=self._api_headers,
-                timeout=timeout,
-                proxy=self._proxy,
-            )
-            outcome, rid = str(answer.status), request_id(answer.headers)
-            return self._checked(answer, number)
-        finally:
-            logger.debug(
-                "POST %s for %s -> %s in %.3fs (attempt %d%s)",
-                self._endpoint_path,
-                loggable_url(image),
-                outcome,
-                time.monotonic() - began,
-                number,
-                f", request id {rid}" if rid else "",
-            )
+    def _log_attempt(self, image: str, answer: Answer | None, began: float, number: int) -> None:
+        """One DEBUG line per attempt, naming its input (without the query) and the answer."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # the URL is shortened only for a line that is shown
+        rid = None if answer is None else answer.request_id
+        logger.debug(
+            "POST %s for %s -> %s in %.3fs (attempt %d%s)",
+            self._endpoint_path,
+            loggable_url(image),
+            "no answer" if answer is None else answer.status,
+            time.monotonic() - began,
+            number,
+            f", request id {rid}" if rid else "",
+        )
 
     def _checked(self, answer: Answer, number: int) -> _Answer:
         """Decode what attempt *number* got back; raise what it means if not a valid 200."""
         raw = answer.body.decode("utf-8", errors="replace")
-        rid = request_id(answer.headers)
+        rid = answer.request_id
         if answer.status != 200:
             raise status_error(answer.status, raw, answer.headers, url=self._endpoint)
         if not answer.whole:

@@ -213,11 +213,9 @@ async def download(
     proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
-        once = _download_once(session, url, target, limit, timeout, proxy)
-        traced = _telemetry.download_started(url, number)  # None unless OpenTelemetry is set up
-        return await logged_attempt(
-            once if traced is None else traced.track(once), url, str(target), number
-        )
+        with _telemetry.download_started(url, number):
+            once = _download_once(session, url, target, limit, timeout, proxy)
+            return await logged_attempt(once, url, str(target), number)
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
 

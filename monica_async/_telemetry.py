@@ -33,12 +33,13 @@ second duration) for the same request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Awaitable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from ._exceptions import APIError, APIResponseValidationError, APIStatusError
@@ -58,7 +59,8 @@ __all__ = [
     "upscale_started",
 ]
 
-T = TypeVar("T")
+#: The context of an attempt that nothing traces.
+_UNTRACED: Final = contextlib.nullcontext()
 
 SCOPE: Final = "monica_async"
 UPSCALE_SPAN: Final = "monica.upscale"
@@ -203,11 +205,14 @@ def upscale_started(scale: int) -> _Upscale | None:
     return None if tools is None else _Upscale(tools, scale)
 
 
-def attempt_started(url: str, number: int, limiter_wait: float) -> _Attempt | None:
-    """Start tracing API attempt *number*, which waited *limiter_wait* s for the limiter."""
+def attempt_started(
+    url: str, number: int, limiter_wait: float
+) -> contextlib.AbstractContextManager[object]:
+    """Trace API attempt *number*, which waited *limiter_wait* s for the limiter, for the
+    ``with`` block of its exchange (a do-nothing context without an SDK)."""
     upscale = _upscale.get()
     if upscale is None:
-        return None
+        return _UNTRACED
     upscale.attempts += 1
     upscale.limiter_wait += limiter_wait
     tools = upscale.tools
@@ -216,12 +221,12 @@ def attempt_started(url: str, number: int, limiter_wait: float) -> _Attempt | No
     return _Attempt(tools, "POST", url, number)
 
 
-def download_started(url: str, number: int) -> _Attempt | None:
-    """Start tracing download attempt *number*; ``None`` without an SDK."""
+def download_started(url: str, number: int) -> contextlib.AbstractContextManager[object]:
+    """Trace download attempt *number* for a ``with`` block (a do-nothing one without an SDK)."""
     if not _configured():
-        return None
+        return _UNTRACED
     tools = _Tools.current()
-    return None if tools is None else _Attempt(tools, "GET", url, number)
+    return _UNTRACED if tools is None else _Attempt(tools, "GET", url, number)
 
 
 class _Upscale:
@@ -274,7 +279,7 @@ class _Upscale:
 class _Attempt:
     """The span and duration of one HTTP attempt."""
 
-    __slots__ = ("attributes", "began", "span", "tools")
+    __slots__ = ("attributes", "began", "span", "token", "tools")
 
     def __init__(self, tools: _Tools, method: str, url: str, number: int) -> None:
         self.tools = tools
@@ -291,30 +296,26 @@ class _Attempt:
                 attributes["http.request.resend_count"] = number - 1
             self.span = tools.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         self.began = time.monotonic()
+        self.token: object = None
 
-    async def track(self, call: Awaitable[T]) -> T:
-        """Await *call*, the attempt itself, under this span; record how it ended."""
-        token = self.enter()
-        try:
-            answer = await call
-        except BaseException as exc:
-            self.leave(token, exc)
-            raise
-        self.leave(token, None)
-        return answer
-
-    def enter(self) -> object:
-        """Make this span current for the attempt's exchange; a token for :meth:`leave`."""
+    def __enter__(self) -> _Attempt:
+        """Make this span current for the attempt's exchange."""
         context = otel_context.get_current()
         if self.span is not None:
             context = otel_trace.set_span_in_context(self.span, context)
         if _SUPPRESS_HTTP is not None:
             context = otel_context.set_value(_SUPPRESS_HTTP, True, context)
-        return otel_context.attach(context)
+        self.token = otel_context.attach(context)
+        return self
 
-    def leave(self, token: object, exc: BaseException | None) -> None:
-        """End the attempt :meth:`enter` began: it raised *exc*, or succeeded."""
-        otel_context.detach(token)  # type: ignore[arg-type]
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End the attempt: it raised *exc*, or succeeded."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:

@@ -20,6 +20,7 @@ from ._http import (
     map_transport_error,
     read_capped,
     read_error_body,
+    request_id,
     tells_reuse,
 )
 
@@ -41,6 +42,11 @@ class Answer:
     headers: Mapping[str, str]
     body: bytes
     whole: bool = True
+
+    @property
+    def request_id(self) -> str | None:
+        """The server's id for this exchange, when it sent one."""
+        return request_id(self.headers)
 
 
 async def post_json(

@@ -505,13 +505,14 @@ async def test_aiohttp_instrumentation_adds_no_second_span(
 
 
 async def test_without_an_sdk_the_hooks_do_nothing(no_sdk: None, server: FakeMonicaServer) -> None:
-    """No provider configured: every hook returns None, and calls work as before."""
+    """No provider configured: the hooks trace nothing, and calls work as before."""
     async with client_for(server) as client:
         result = await client.upscale(image())
 
-    assert (None, None) == (
+    assert (None, _telemetry._UNTRACED, _telemetry._UNTRACED) == (
         _telemetry.upscale_started(2),
         _telemetry.download_started(result.url, 1),
+        _telemetry.attempt_started(client.base_url, 1, 0.0),
     )
     assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
 
