@@ -482,26 +482,32 @@ class MonicaClient:
         """
         scale = validate_scale(scale)
         self._open()
-        _check_positive_int("workers", workers)
-        _check_positive_int("buffer", buffer)
-        growth = self._auto if workers is None else None
-        count = workers or self.max_concurrency or 1
-        if growth is not None:
-            count = growth.wanted()
-        most = count if growth is None else MAX_AUTO_CONCURRENCY
+        count, growth, size = self._batch_sizes(workers, buffer)
         call = functools.partial(
             self._upscale_input, scale=scale, timeout=self.timeout, policy=self.retry
         )
         return run_batch(
             call,
             images,
-            context=contextvars.copy_context(),
+            context=contextvars.copy_context(),  # each input's span a child of the caller's
             on_start=self._open,
             workers=count,
             growth=growth,
-            buffer=2 * most if buffer is None else buffer,
+            buffer=size,
             ordered=ordered,
         )
+
+    def _batch_sizes(
+        self, workers: int | None, buffer: int | None
+    ) -> tuple[int, AutoConcurrency | None, int]:
+        """A batch's workers to start, the target they grow with, and its buffer."""
+        _check_positive_int("workers", workers)
+        _check_positive_int("buffer", buffer)
+        growth = self._auto if workers is None else None
+        if growth is not None:
+            return growth.wanted(), growth, buffer or 2 * MAX_AUTO_CONCURRENCY
+        count = workers or self.max_concurrency or 1
+        return count, None, buffer or 2 * count
 
     async def upscale_all(
         self,
