@@ -62,18 +62,21 @@ class Turn:
         self._number = number
         self._max_retry_after = max_retry_after
         self._in_flight = 0
+        self._holding = False
         self.waited = 0.0
         self.started = 0.0
 
     async def __aenter__(self) -> Turn:
         admission = self._admission
         await unless_refused(self._take_place)
+        self._holding = True
         try:
             self.waited = await unless_refused(admission.limiter.acquire)
             await self._recheck_place()
             check_refused()
         except BaseException:
-            admission.slots.release()
+            if self._holding:
+                admission.slots.release()
             raise
         self.started = time.monotonic()
         stats = admission.stats
@@ -116,7 +119,9 @@ class Turn:
         auto, slots = admission.auto, admission.slots
         if auto is not None and slots.free < 0 and admission.stats.in_flight >= auto.limit:
             slots.release()
-            await self._take_place()
+            self._holding = False
+            await unless_refused(self._take_place)
+            self._holding = True
 
     async def _answered(self) -> None:
         admission = self._admission
