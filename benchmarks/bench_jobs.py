@@ -1,0 +1,243 @@
+"""Benchmark examples/jobs: a burst of jobs, two workers, one SIGKILLed mid-run and restarted.
+
+It starts its own redis-server (loopback, persistence off), the fake Monica server with
+a time-scaled default key (10 per 12 s, 8 in flight, 0.4-0.8 s a call), the web front
+and two workers (``python -m examples.jobs``), then:
+
+1. submits the jobs at once (``POST /jobs``, all in parallel) and times each answer;
+2. SIGKILLs the first worker once a quarter of the jobs are done and a request is in
+   flight at the server, and starts it again a second later;
+3. polls ``GET /jobs/{id}`` until every job is done or failed.
+
+Printed: submit latency (median, p95, max), the time from the first submission to the
+last job finished (next to the key's own floor for that many upscales), the fake
+server's worst window and most requests in flight, its 429s, and how many upscales
+the server did twice.
+
+    python -m benchmarks.bench_jobs [--jobs 40] [--rate 10/12s] [--in-flight 8]
+
+Needs the ``examples`` extra (streaq, redis) and a ``redis-server`` binary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks._common import API_KEY, FakeServer, worst_window
+from benchmarks.bench_redis import redis_server
+from examples.jobs.queue import default_reclaim_after
+from examples.jobs.settings import Settings, parse_rate
+
+ROOT = Path(__file__).resolve().parent.parent
+POLL = 0.1
+START_TIMEOUT = 30.0
+
+
+class Jobs:
+    """The example's processes, their output in files of *directory*."""
+
+    def __init__(self, directory: str, env: dict[str, str]) -> None:
+        self.directory = Path(directory)
+        self.env = env
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """Start ``python -m examples.jobs <args>``."""
+        log = self.directory / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "examples.jobs", *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return process, log
+
+    async def started(
+        self, name: str, text: str, *args: str
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start a process and wait for the line of its output that contains *text*."""
+        process, log = self.start(name, *args)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and process.poll() is None:
+            for line in log.read_text(errors="replace").splitlines():
+                if text in line:
+                    return process, line
+            await asyncio.sleep(0.05)
+        sys.exit(f"{name} did not start:\n{log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        """SIGTERM the processes still running; SIGKILL those that linger."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@contextlib.contextmanager
+def jobs_processes(env: dict[str, str]) -> Iterator[Jobs]:
+    """A launcher whose processes are all stopped at the end."""
+    with tempfile.TemporaryDirectory() as directory:
+        jobs = Jobs(directory, env)
+        try:
+            yield jobs
+        finally:
+            jobs.stop()
+
+
+async def submit(http: aiohttp.ClientSession, web_url: str, url: str) -> tuple[str, float]:
+    """``POST /jobs``: the job's id and the seconds the answer took."""
+    began = time.monotonic()
+    async with http.post(f"{web_url}/jobs", json={"url": url}) as response:
+        body = await response.json()
+        if response.status != 202:
+            sys.exit(f"POST /jobs answered {response.status}: {body}")
+    return str(body["id"]), time.monotonic() - began
+
+
+async def statuses(http: aiohttp.ClientSession, web_url: str, ids: list[str]) -> dict[str, str]:
+    """The status of each job."""
+
+    async def one(job_id: str) -> tuple[str, str]:
+        async with http.get(f"{web_url}/jobs/{job_id}") as response:
+            return job_id, (await response.json())["status"]
+
+    return dict(await asyncio.gather(*(one(job_id) for job_id in ids)))
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One run of the scenario; the figures."""
+    requests, per = parse_rate(args.rate)
+    settings = Settings(requests=requests, per=per, in_flight=args.in_flight)
+    reclaim_after = default_reclaim_after(settings)
+    share = str(max(1, args.in_flight // 2))
+    limits = ["--rate-limit", args.rate, "--max-concurrency", str(args.in_flight)]
+    with (
+        redis_server() as redis,
+        FakeServer(*limits, "--latency", "0.4,0.8") as monica,
+    ):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MONICA_", "REDIS_"))}
+        env |= {
+            "REDIS_URL": redis.url,
+            "MONICA_API_KEY": API_KEY,
+            "MONICA_BASE_URL": monica.base_url,
+            "MONICA_RATE": args.rate,
+            "MONICA_IN_FLIGHT": str(args.in_flight),
+        }
+        with jobs_processes(env) as jobs:
+            _, line = await jobs.started("web", "listening on ", "web", "--port", "0")
+            web_url = line.split("listening on ", 1)[1].strip()
+            worker = ("worker", "--concurrency", share, "--reclaim-after", f"{reclaim_after:g}")
+            w1, _ = await jobs.started("w1", "starting worker", *worker)
+            await jobs.started("w2", "starting worker", *worker)
+            urls = [f"https://img.example/jobs/{n}.png" for n in range(args.jobs)]
+            async with aiohttp.ClientSession() as http:
+                began = time.monotonic()
+                submitted = await asyncio.gather(*(submit(http, web_url, u) for u in urls))
+                ids = [job_id for job_id, _ in submitted]
+                latencies = sorted(seconds for _, seconds in submitted)
+                killed_at: float | None = None
+                restart: asyncio.Task[Any] | None = None
+                while True:
+                    current = await statuses(http, web_url, ids)
+                    done = sum(s in ("done", "failed") for s in current.values())
+                    if done == len(ids):
+                        finished = time.monotonic() - began
+                        break
+                    if killed_at is None and done >= len(ids) // 4 and monica.stats().in_flight:
+                        w1.send_signal(signal.SIGKILL)
+                        w1.wait()
+                        killed_at = time.monotonic() - began
+                        restart = asyncio.create_task(_restart(jobs, worker))
+                    await asyncio.sleep(POLL)
+                if restart is not None:
+                    await restart
+            stats = monica.stats()
+    counts = {s: list(current.values()).count(s) for s in ("done", "failed")}
+    return {
+        "jobs": args.jobs,
+        "rate": args.rate,
+        "in_flight": args.in_flight,
+        "reclaim_after": reclaim_after,
+        "submit_p50": statistics.median(latencies),
+        "submit_p95": latencies[max(0, round(0.95 * len(latencies)) - 1)],
+        "submit_max": latencies[-1],
+        "killed_at": killed_at,
+        "last_job": finished,
+        "floor": (args.jobs - 1) * per / requests,
+        "worst_window": worst_window(stats.request_times, per),
+        "peak_in_flight": stats.peak_concurrency,
+        "rate_limited": stats.rate_limited + stats.concurrency_limited,
+        "repeated": stats.accepted - args.jobs,
+        **counts,
+    }
+
+
+async def _restart(jobs: Jobs, worker: tuple[str, ...]) -> None:
+    await asyncio.sleep(1.0)
+    await jobs.started("w1-again", "starting worker", *worker)
+
+
+def report(figures: dict[str, Any]) -> str:
+    """The figures as a small table."""
+    rows = [
+        ("jobs (two workers, one SIGKILLed once)", f"{figures['jobs']}"),
+        ("key", f"{figures['rate']}, {figures['in_flight']} in flight"),
+        ("reclaim after", f"{figures['reclaim_after']:g} s"),
+        (
+            "submit latency p50 / p95 / max",
+            f"{figures['submit_p50'] * 1000:.0f} / {figures['submit_p95'] * 1000:.0f} / "
+            f"{figures['submit_max'] * 1000:.0f} ms",
+        ),
+        ("worker killed at", f"{figures['killed_at']:.1f} s"),
+        (
+            "last job finished",
+            f"{figures['last_job']:.1f} s (the key's pace alone: {figures['floor']:.1f} s)",
+        ),
+        ("done / failed", f"{figures['done']} / {figures['failed']}"),
+        ("server's worst window", f"{figures['worst_window']} (limit {figures['rate']})"),
+        ("server's most in flight", f"{figures['peak_in_flight']} (limit {figures['in_flight']})"),
+        ("429s", f"{figures['rate_limited']}"),
+        ("upscales repeated", f"{figures['repeated']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main() -> None:
+    """Run the scenario and print its figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--rate", default="10/12s", help="the key's rate (10/12s)")
+    parser.add_argument("--in-flight", type=int, default=8, help="the key's in-flight cap (8)")
+    parser.add_argument("--runs", type=int, default=1, help="runs, one after another")
+    args = parser.parse_args()
+    for number in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"run {number} of {args.runs}")
+        print(report(asyncio.run(run(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
