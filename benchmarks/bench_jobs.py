@@ -5,14 +5,15 @@ a time-scaled default key (10 per 12 s, 8 in flight, 0.4-0.8 s a call), the web 
 and two workers (``python -m examples.jobs``), then:
 
 1. submits the jobs at once (``POST /jobs``, all in parallel) and times each answer;
-2. SIGKILLs the first worker once a quarter of the jobs are done and a request is in
-   flight at the server, and starts it again a second later;
+2. SIGKILLs the first worker once a quarter of the jobs are done, at a moment when one
+   of its upscales is in flight at the server (the worst case), and starts it again a
+   second later;
 3. polls ``GET /jobs/{id}`` until every job is done or failed.
 
 Printed: submit latency (median, p95, max), the time from the first submission to the
 last job finished (next to the key's own floor for that many upscales), the fake
 server's worst window and most requests in flight, its 429s, and how many upscales
-the server did twice.
+were sent twice (a second request for the same image).
 
     python -m benchmarks.bench_jobs [--jobs 40] [--rate 10/12s] [--in-flight 8]
 
@@ -55,9 +56,13 @@ class Jobs:
         self.env = env
         self.processes: list[subprocess.Popen[bytes]] = []
 
+    def log(self, name: str) -> Path:
+        """Where the output of process *name* goes."""
+        return self.directory / f"{name}.log"
+
     def start(self, name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
         """Start ``python -m examples.jobs <args>``."""
-        log = self.directory / f"{name}.log"
+        log = self.log(name)
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "examples.jobs", *args],
@@ -96,10 +101,10 @@ class Jobs:
 
 
 @contextlib.contextmanager
-def jobs_processes(env: dict[str, str]) -> Iterator[Jobs]:
-    """A launcher whose processes are all stopped at the end."""
+def jobs_processes(env: dict[str, str], logs: Path | None) -> Iterator[Jobs]:
+    """A launcher whose processes are all stopped at the end; logs kept in *logs*."""
     with tempfile.TemporaryDirectory() as directory:
-        jobs = Jobs(directory, env)
+        jobs = Jobs(str(logs or directory), env)
         try:
             yield jobs
         finally:
@@ -116,14 +121,25 @@ async def submit(http: aiohttp.ClientSession, web_url: str, url: str) -> tuple[s
     return str(body["id"]), time.monotonic() - began
 
 
-async def statuses(http: aiohttp.ClientSession, web_url: str, ids: list[str]) -> dict[str, str]:
-    """The status of each job."""
+async def jobs_now(
+    http: aiohttp.ClientSession, web_url: str, ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each job, as ``GET /jobs/{id}`` shows it."""
 
-    async def one(job_id: str) -> tuple[str, str]:
+    async def one(job_id: str) -> tuple[str, dict[str, Any]]:
         async with http.get(f"{web_url}/jobs/{job_id}") as response:
-            return job_id, (await response.json())["status"]
+            return job_id, await response.json()
 
     return dict(await asyncio.gather(*(one(job_id) for job_id in ids)))
+
+
+def busy_job(log: Path, url_of: dict[str, str], monica: FakeServer, jobs: dict[str, Any]) -> bool:
+    """Whether a job the worker of *log* started has its upscale in flight at the server."""
+    started = {
+        line.split(" □ ", 1)[1].split()[0] for line in log.read_text().splitlines() if " □ " in line
+    }
+    sent = monica.stats().attempts_by_image
+    return any(jobs[i]["status"] == "running" and sent.get(url_of[i]) for i in started)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,7 +161,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "MONICA_RATE": args.rate,
             "MONICA_IN_FLIGHT": str(args.in_flight),
         }
-        with jobs_processes(env) as jobs:
+        with jobs_processes(env, args.logs) as jobs:
             _, line = await jobs.started("web", "listening on ", "web", "--port", "0")
             web_url = line.split("listening on ", 1)[1].strip()
             worker = ("worker", "--concurrency", share, "--reclaim-after", f"{reclaim_after:g}")
@@ -155,17 +171,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with aiohttp.ClientSession() as http:
                 began = time.monotonic()
                 submitted = await asyncio.gather(*(submit(http, web_url, u) for u in urls))
-                ids = [job_id for job_id, _ in submitted]
-                latencies = sorted(seconds for _, seconds in submitted)
+                url_of = {job_id: url for (job_id, _), url in zip(submitted, urls, strict=True)}
                 killed_at: float | None = None
                 restart: asyncio.Task[Any] | None = None
                 while True:
-                    current = await statuses(http, web_url, ids)
-                    done = sum(s in ("done", "failed") for s in current.values())
-                    if done == len(ids):
+                    current = await jobs_now(http, web_url, list(url_of))
+                    if all(j["status"] in ("done", "failed") for j in current.values()):
                         finished = time.monotonic() - began
                         break
-                    if killed_at is None and done >= len(ids) // 4 and monica.stats().in_flight:
+                    quarter = sum(j["status"] == "done" for j in current.values()) >= args.jobs / 4
+                    if (
+                        killed_at is None
+                        and quarter
+                        and busy_job(jobs.log("w1"), url_of, monica, current)
+                    ):
+                        # SIGKILL while one of its upscales is in flight: the worst case.
                         w1.send_signal(signal.SIGKILL)
                         w1.wait()
                         killed_at = time.monotonic() - began
@@ -174,7 +194,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if restart is not None:
                     await restart
             stats = monica.stats()
-    counts = {s: list(current.values()).count(s) for s in ("done", "failed")}
+    latencies = sorted(seconds for _, seconds in submitted)
+    counts = {s: sum(j["status"] == s for j in current.values()) for s in ("done", "failed")}
+    errors = sorted(
+        {f"{j['error']['type']}: {j['error']['message']}" for j in current.values() if j["error"]}
+    )
     return {
         "jobs": args.jobs,
         "rate": args.rate,
@@ -189,7 +213,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "worst_window": worst_window(stats.request_times, per),
         "peak_in_flight": stats.peak_concurrency,
         "rate_limited": stats.rate_limited + stats.concurrency_limited,
-        "repeated": stats.accepted - args.jobs,
+        # A second request for an image: the killed worker's upscale in flight, sent
+        # again by another worker (the fake server abandons the first one when its
+        # connection closes; Monica may finish, and bill, it).
+        "repeated": sum(count - 1 for count in stats.attempts_by_image.values()),
+        "answered_twice": stats.accepted - args.jobs,
+        "abandoned": stats.disconnected,
+        "errors": errors,
         **counts,
     }
 
@@ -219,8 +249,13 @@ def report(figures: dict[str, Any]) -> str:
         ("server's worst window", f"{figures['worst_window']} (limit {figures['rate']})"),
         ("server's most in flight", f"{figures['peak_in_flight']} (limit {figures['in_flight']})"),
         ("429s", f"{figures['rate_limited']}"),
-        ("upscales repeated", f"{figures['repeated']}"),
+        (
+            "upscales repeated",
+            f"{figures['repeated']} sent twice ({figures['abandoned']} abandoned by the killed "
+            f"worker, {figures['answered_twice']} answered twice)",
+        ),
     ]
+    rows += [("failure", error) for error in figures["errors"]]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -232,10 +267,15 @@ def main() -> None:
     parser.add_argument("--rate", default="10/12s", help="the key's rate (10/12s)")
     parser.add_argument("--in-flight", type=int, default=8, help="the key's in-flight cap (8)")
     parser.add_argument("--runs", type=int, default=1, help="runs, one after another")
+    parser.add_argument("--logs", type=Path, help="keep the processes' output in this folder")
     args = parser.parse_args()
+    logs = args.logs
     for number in range(1, args.runs + 1):
         if args.runs > 1:
             print(f"run {number} of {args.runs}")
+        if logs is not None:
+            args.logs = logs / f"run-{number}"
+            args.logs.mkdir(parents=True, exist_ok=True)
         print(report(asyncio.run(run(args))), flush=True)
 
 

@@ -66,6 +66,7 @@ def limit_name(api_key: str) -> str:
     """The name of the key's shared limit in Redis: a digest, never the key itself.
 
     Every worker with the same API key finds the same name, so they share one limit
-    without being told about each other.
+    without being told about each other; ``monica-upscale run --redis-url`` names its
+    limit the same way, so a batch run on the same Redis shares it too.
     """
-    return "jobs:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return "monica-upscale:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
