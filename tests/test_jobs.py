@@ -107,9 +107,16 @@ class Jobs:
         line = await self.start("web", "web", "--port", "0").wait_for("listening on ")
         return line.split("listening on ", 1)[1].strip()
 
-    async def worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Process:
-        """Start a worker with this test's reclaim time; return once it reads the queue."""
-        process = self.start(name, "worker", "--reclaim-after", str(RECLAIM_AFTER), *args, env=env)
+    async def worker(
+        self,
+        name: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        reclaim_after: float = RECLAIM_AFTER,
+    ) -> Process:
+        """Start a worker; return once it reads the queue."""
+        reclaim = ("--reclaim-after", str(reclaim_after))
+        process = self.start(name, "worker", *reclaim, *args, env=env)
         await process.wait_for("starting worker")
         return process
 
@@ -280,6 +287,38 @@ async def test_a_burst_survives_a_killed_worker_within_the_keys_limit(
     assert 0 == stats.rate_limited + stats.concurrency_limited, stats.by_status
     assert worst_window(stats.request_times, PER) <= REQUESTS
     assert stats.peak_concurrency <= IN_FLIGHT
+
+
+async def test_a_finished_job_stays_finished_when_stale_copies_come_up(
+    jobs: Jobs, monica: FakeMonicaServer, http: aiohttp.ClientSession
+) -> None:
+    """Jobs that wait in a worker past ``--reclaim-after`` run elsewhere; nothing flips.
+
+    With 2.5 s calls and a 1 s reclaim time, the job each worker holds in its prefetch
+    buffer is claimed by the other worker, and the stale copy comes up after the job
+    finished. streaq 7.2 then stores the failure "Task expired!" over the outcome; the
+    example reads the outcome each job recorded, so every job stays ``done``.
+    """
+    monica.rate_limit = None
+    monica.max_concurrency = None
+    monica.latency = 2.5
+    env = {"MONICA_BASE_URL": monica.base_url, "MONICA_RATE": "100/s"}
+    web_url = await jobs.web()
+    for name in ("a", "b"):
+        await jobs.worker(name, "--concurrency", "1", env=env, reclaim_after=1.0)
+    urls = [f"https://img.example/stale/{n}.png" for n in range(8)]
+    ids = await asyncio.gather(*(submit(http, web_url, url) for url in urls))
+
+    watch = Watch(http, web_url, list(ids))
+    await watch.until(lambda w: all(b["status"] in TERMINAL for b in w.last.values()), 60)
+    deadline = time.monotonic() + 4.0  # the stale copies come up after their jobs end
+    while time.monotonic() < deadline:
+        await watch.poll()
+        await asyncio.sleep(0.2)
+
+    assert len(ids) == watch.count("done"), watch.last
+    for url in urls:
+        assert monica.stats.attempts_by_image[url] >= 1
 
 
 async def test_failures_are_final_and_readable(

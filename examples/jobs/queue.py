@@ -5,12 +5,18 @@ batch command only enqueue and read, a worker also runs the jobs. streaq keeps e
 job in a Redis stream read by a consumer group; a worker renews its claim on the jobs
 it runs, so a job whose worker died (SIGKILL, a lost machine) is claimed by another
 worker once ``reclaim_after`` seconds pass without a renewal, and runs again.
+
+Each job's outcome is recorded by the job itself, in a Redis key of its own that the
+first write fills (:class:`Outcomes`), and read from there first: streaq stores an
+outcome too, but can later store a spurious failure over it (see :class:`Outcomes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -18,15 +24,18 @@ from datetime import timedelta
 from typing import Any, Final, Literal
 
 import attrs
+from coredis.tokens import PureToken
 from streaq import TaskStatus, Worker
 from streaq.task import AsyncRegisteredTask, TaskResult
 
-from monica_async import MonicaClient, RedisRateLimit
+from monica_async import MonicaClient, MonicaError, RedisRateLimit
 
 from .settings import Settings, limit_name
 
 #: The stream (and key prefix) of the jobs; web, batch and workers must agree on it.
 QUEUE_NAME: Final = "monica-upscale"
+#: Where each job's own record of its outcome lives: ``<prefix><job id>``.
+OUTCOME_PREFIX: Final = f"{QUEUE_NAME}:outcome:"
 #: How long a finished job's status and result stay readable.
 RESULT_TTL: Final = timedelta(days=1)
 #: Hand-outs of one job to a worker at most, then it fails. streaq counts each, the
@@ -45,6 +54,8 @@ DEFAULT_GRACE: Final = 30
 #: Longest wait for a result the status already says is there.
 _READ_TIMEOUT: Final = 5
 _JOB_ID: Final = re.compile(r"[0-9a-f]{32}", re.ASCII)
+
+logger = logging.getLogger("examples.jobs")
 
 JobStatus = Literal["queued", "running", "done", "failed"]
 
@@ -89,9 +100,48 @@ class Job:
         error = {"type": failure.kind, "message": failure.message}
         return cls(outcome.task_id, "failed", error=error)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Job:
+        """Rebuild a job from :meth:`to_json`."""
+        return cls(data["id"], data["status"], result=data["result"], error=data["error"])
+
     def to_json(self) -> dict[str, Any]:
         """``{"id", "status", "result", "error"}``."""
         return attrs.asdict(self)
+
+    def unwrap(self) -> dict[str, str]:
+        """The result of a done job; raise :class:`JobFailed` for a failed one."""
+        if self.error is not None:
+            raise JobFailed(self.error["type"], self.error["message"])
+        assert self.result is not None, f"job {self.id} has not finished"
+        return self.result
+
+
+@attrs.frozen
+class Outcomes:
+    """Each job's outcome as the job recorded it: the first record stays, for a day.
+
+    streaq stores each job's outcome too, but may store a false one over it: when a
+    job waited in a worker's prefetch buffer longer than ``reclaim_after``, another
+    worker runs it, and when the first worker then takes its stale copy, streaq finds
+    the job's data gone and stores the failure "Task expired!" over the real outcome
+    (streaq 7.2; reproduced with two workers and buffered waits past the timeout).
+    The record also lets a copy of a finished job return its outcome unsent.
+    """
+
+    redis: Any  # the queue's coredis client: worker.redis
+
+    async def get(self, job_id: str) -> Job | None:
+        """The recorded outcome of job *job_id*, if it has one."""
+        raw = await self.redis.get(OUTCOME_PREFIX + job_id)
+        return None if raw is None else Job.from_json(json.loads(raw))
+
+    async def record(self, job: Job) -> Job:
+        """Record *job*'s outcome unless one is recorded already; return the one that is."""
+        raw = json.dumps(job.to_json())
+        key = OUTCOME_PREFIX + job.id
+        before = await self.redis.set(key, raw, condition=PureToken.NX, get=True, ex=RESULT_TTL)
+        return job if before is None else Job.from_json(json.loads(before))
 
 
 @attrs.frozen
@@ -123,6 +173,10 @@ class JobQueue:
         """The job *job_id* as it stands, or ``None`` for an unknown (or expired) id."""
         if not _JOB_ID.fullmatch(job_id):
             return None
+        recorded = await Outcomes(self.worker.redis).get(job_id)
+        if recorded is not None:
+            return recorded
+        # No record: not finished, or failed outside the job (its timeout, its tries).
         status = await self.worker.status_by_id(job_id)
         if status is TaskStatus.DONE:
             try:
@@ -138,7 +192,9 @@ class JobQueue:
 
     async def wait(self, job_id: str) -> Job:
         """Wait until job *job_id* is done or failed; return it."""
-        return Job.finished(await self.worker.result_by_id(job_id))
+        outcome = await self.worker.result_by_id(job_id)
+        recorded = await Outcomes(self.worker.redis).get(job_id)
+        return recorded if recorded is not None else Job.finished(outcome)
 
 
 def default_reclaim_after(settings: Settings) -> float:
@@ -183,35 +239,48 @@ def job_queue(
         **options,
     )
 
-    # The upscales this process runs, by job id. streaq can hand a worker a job it is
-    # already running: an entry that waited in the worker's prefetch buffer past
-    # reclaim_after is reclaimed by the worker's own next read, while the first copy
-    # starts. The second copy joins the first instead of upscaling again.
-    running: dict[str, asyncio.Task[dict[str, str]]] = {}
+    # The jobs this process runs, by id. streaq can hand a worker a job it is already
+    # running: an entry that waited in the worker's prefetch buffer past reclaim_after
+    # is reclaimed by the worker's own next read while the first copy starts. The
+    # second copy joins the first instead of upscaling again.
+    running: dict[str, asyncio.Task[Job]] = {}
 
     async def upscale(url: str) -> dict[str, str]:
         """Upscale *url* under the key's shared limit; every failure is final."""
         job_id = registered.context.task_id
         run = running.get(job_id)
         if run is None:
-            run = running[job_id] = asyncio.ensure_future(_upscale(worker.context, url))
+            run = running[job_id] = asyncio.ensure_future(_run(worker, job_id, url))
             run.add_done_callback(lambda _: running.pop(job_id, None))
-        return await run
+        job = await run
+        return job.unwrap()
 
     register = worker.task(max_tries=MAX_TRIES, timeout=JOB_TIMEOUT, ttl=RESULT_TTL, name="upscale")
     registered: AsyncRegisteredTask[[str], dict[str, str]] = register(upscale)
     return JobQueue(worker, registered)
 
 
-async def _upscale(state: WorkerState, url: str) -> dict[str, str]:
+async def _run(worker: Worker[Any], job_id: str, url: str) -> Job:
+    """Upscale *url* for job *job_id* unless the job has an outcome; record it."""
+    outcomes = Outcomes(worker.redis)
+    recorded = await outcomes.get(job_id)
+    if recorded is not None:
+        # A copy of a job that ended: its worker died after recording the outcome.
+        return recorded
+    state: WorkerState = worker.context
     try:
         result = await state.client.upscale(url)
     except Exception as exc:
         # The client has retried what was worth retrying (a refused key, a bad URL or
         # an exhausted balance are not), so the job ends here: streaq runs a job again
         # only when its worker died, never because it raised.
-        raise JobFailed.from_exception(exc) from exc
-    return {"url": result.url}
+        if not isinstance(exc, MonicaError):  # not Monica's answer: a bug, keep its trace
+            logger.exception("job %s: %s", job_id, type(exc).__name__)
+        failure = JobFailed.from_exception(exc)
+        job = Job(job_id, "failed", error={"type": failure.kind, "message": failure.message})
+    else:
+        job = Job(job_id, "done", result={"url": result.url})
+    return await outcomes.record(job)
 
 
 @contextlib.asynccontextmanager
