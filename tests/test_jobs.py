@@ -347,9 +347,9 @@ async def test_failures_are_final_and_readable(
 
 
 async def test_the_web_front_answers_what_it_cannot_take(
-    jobs: Jobs, http: aiohttp.ClientSession
+    jobs: Jobs, http: aiohttp.ClientSession, redis_server: RedisServer
 ) -> None:
-    """Unknown or malformed ids answer 404; a body that is not JSON 400; no URL 422."""
+    """Unknown ids 404, a body that is not JSON 400, no URL 422, Redis gone 503."""
     web_url = await jobs.web()
     for job_id in ("0" * 32, "not-an-id"):
         async with http.get(f"{web_url}/jobs/{job_id}") as response:
@@ -361,13 +361,20 @@ async def test_the_web_front_answers_what_it_cannot_take(
         async with http.post(f"{web_url}/jobs", json=body) as response:
             assert 422 == response.status, body
 
+    redis_server.stop()
+    async with http.post(f"{web_url}/jobs", json={"url": "https://img.example/a.png"}) as r:
+        assert 503 == r.status
+        assert "QueueUnavailable" == (await r.json())["error"]["type"]
+    async with http.get(f"{web_url}/jobs/{'0' * 32}") as response:
+        assert 503 == response.status
+
 
 @pytest.mark.skipif(
     not hasattr(monica_async, "QuotaExceededError"),
     reason="monica_async has no QuotaExceededError yet: the quota 429 is a RateLimitError",
 )
 async def test_an_exhausted_quota_ends_its_job_failed_without_retry(
-    jobs: Jobs, http: aiohttp.ClientSession, aiohttp_server_factory: Any
+    jobs: Jobs, http: aiohttp.ClientSession, answering_server: Any
 ) -> None:
     """Monica's quota 429 ends the job ``failed`` with the quota error, sent once."""
     calls: list[str] = []
@@ -378,7 +385,7 @@ async def test_an_exhausted_quota_ends_its_job_failed_without_retry(
         body = {"error": {"code": "insufficient_quota", "message": message}}
         return web.json_response(body, status=429)
 
-    base_url = await aiohttp_server_factory(API_PATH, out_of_balance)
+    base_url = await answering_server(API_PATH, out_of_balance)
     web_url = await jobs.web()
     await jobs.worker("quota", "--concurrency", "2", env={"MONICA_BASE_URL": base_url})
     job_id = await submit(http, web_url, "https://img.example/quota.png")
@@ -392,7 +399,7 @@ async def test_an_exhausted_quota_ends_its_job_failed_without_retry(
 
 
 @pytest.fixture
-async def aiohttp_server_factory() -> AsyncIterator[Callable[..., Any]]:
+async def answering_server() -> AsyncIterator[Callable[..., Any]]:
     """Serve one POST handler on 127.0.0.1; the factory returns the base URL."""
     runners: list[web.AppRunner] = []
 
