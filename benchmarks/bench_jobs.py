@@ -32,13 +32,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from benchmarks._common import API_KEY, FakeServer, worst_window
+from benchmarks._common import FakeServer, worst_window
 from benchmarks.bench_redis import redis_server
 from examples.jobs.queue import default_reclaim_after
 from examples.jobs.settings import Settings, parse_rate
@@ -149,14 +150,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     reclaim_after = default_reclaim_after(settings)
     share = str(max(1, args.in_flight // 2))
     limits = ["--rate-limit", args.rate, "--max-concurrency", str(args.in_flight)]
+    # A key of this run's own: on a shared machine, a stray client of another run that
+    # reaches this fake server is refused (401) instead of counting against the limit.
+    api_key = f"bench-jobs-{uuid.uuid4().hex[:8]}"
     with (
         redis_server() as redis,
-        FakeServer(*limits, "--latency", "0.4,0.8") as monica,
+        FakeServer(*limits, "--latency", "0.4,0.8", "--api-key", api_key) as monica,
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MONICA_", "REDIS_"))}
         env |= {
             "REDIS_URL": redis.url,
-            "MONICA_API_KEY": API_KEY,
+            "MONICA_API_KEY": api_key,
             "MONICA_BASE_URL": monica.base_url,
             "MONICA_RATE": args.rate,
             "MONICA_IN_FLIGHT": str(args.in_flight),
@@ -213,6 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "worst_window": worst_window(stats.request_times, per),
         "peak_in_flight": stats.peak_concurrency,
         "rate_limited": stats.rate_limited + stats.concurrency_limited,
+        "answers": dict(sorted(stats.by_status.items())),
         # A second request for an image: the killed worker's upscale in flight, sent
         # again by another worker (the fake server abandons the first one when its
         # connection closes; Monica may finish, and bill, it).
@@ -249,6 +254,7 @@ def report(figures: dict[str, Any]) -> str:
         ("server's worst window", f"{figures['worst_window']} (limit {figures['rate']})"),
         ("server's most in flight", f"{figures['peak_in_flight']} (limit {figures['in_flight']})"),
         ("429s", f"{figures['rate_limited']}"),
+        ("server's answers by status", f"{figures['answers']}"),
         (
             "upscales repeated",
             f"{figures['repeated']} sent twice ({figures['abandoned']} abandoned by the killed "
