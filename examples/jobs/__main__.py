@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,8 +103,10 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     runner = await serve(settings, host, port)
     bound = runner.addresses[0]
     print(f"listening on http://{bound[0]}:{bound[1]}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
 
