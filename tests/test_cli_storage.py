@@ -201,7 +201,12 @@ async def test_missing_credentials_are_one_usage_error(
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--download-dir", "s3://"), ("--staging", "/tmp/staging"), ("--staging", "gs://b/a b/")],
+    [
+        ("--download-dir", "s3://"),
+        ("--staging", "/tmp/staging"),
+        ("--staging", "gs://b/a//b/"),
+        ("--download-dir", "s3://b/./out/"),
+    ],
 )
 async def test_malformed_object_locations_are_usage_errors(
     run_cli: RunCli, tmp_path: Path, flag: str, value: str

@@ -579,7 +579,8 @@ async def test_any_store_can_receive_results(
     [
         ({"staging": "/tmp/staging"}, "staging must be an object URL"),
         ({"staging": "s3://"}, "staging must be an object URL"),
-        ({"staging": "s3://bucket/t mp/"}, "staging must not contain spaces"),
+        ({"staging": "s3://bucket/t//mp/"}, "staging must not have empty"),
+        ({"staging": "s3://bucket/t\x07/"}, "staging must not contain control characters"),
         ({"staging": 42}, "staging must be an object URL string"),
         ({"stores": ["s3://bucket"]}, "stores must map location URLs"),
         ({"stores": {"https://bucket": object()}}, "a key of stores must be an object URL"),
