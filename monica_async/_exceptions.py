@@ -142,7 +142,16 @@ def _rebuild(cls: type[APIError], message: str) -> APIError:
 
 
 class APIConnectionError(APIError):
-    """The server could not be reached, or the connection broke."""
+    """The server could not be reached, or the connection broke.
+
+    Attributes:
+        reused_connection: The request failed on a kept-alive connection before any
+            byte of an answer came (the server may have closed it while it sat idle):
+            it is sent again at once rather than after a backoff, and still counts as
+            an attempt, since the server may have received it.
+    """
+
+    reused_connection: bool = False
 
 
 class APITimeoutError(APIConnectionError):

@@ -43,6 +43,7 @@ from . import _download, _retry
 from ._config import RetryPolicy
 from ._exceptions import APIError, InvalidRequestError, MonicaError, StorageError, excerpt
 from ._http import EnvProxies, loggable_url
+from ._redact import scrub_error, scrub_text
 
 if TYPE_CHECKING:
     from obstore.store import AzureStore, GCSStore, ObjectStore, S3Store
@@ -112,7 +113,6 @@ _METADATA_SERVICE: Final = re.compile(
     re.IGNORECASE,
 )
 _ERROR_CODE: Final = re.compile(r"<Code>([A-Za-z]+)</Code>|\(code: ([A-Za-z]+)\)")
-_URL_QUERY: Final = re.compile(r"(\bhttps?://[^\s?\"'<>]*)\?[^\s\"'<>]*")
 _UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _UNKNOWN_TYPE: Final = "application/octet-stream"
 _T = TypeVar("_T")
@@ -257,7 +257,7 @@ def presign_seconds(policy: RetryPolicy, timeout: aiohttp.ClientTimeout) -> floa
 
 def redact(text: str) -> str:
     """*text* with the query string of every URL in it replaced (signatures, SAS tokens)."""
-    return _URL_QUERY.sub(r"\1?<redacted>", text)
+    return scrub_text(text)
 
 
 class Failure(enum.Enum):
@@ -361,7 +361,8 @@ class Prepared:
         shown = f"{self.source} (presigned)"
 
         def clean(text: str) -> str:
-            text = text.replace(secret, shown)
+            # The client may have hidden the query already: the URL then reads so.
+            text = text.replace(secret, shown).replace(scrub_text(secret), shown)
             return text.replace(query, "<redacted>") if query else text
 
         error.args = tuple(clean(a) if isinstance(a, str) else a for a in error.args)
@@ -369,6 +370,7 @@ class Prepared:
             value = getattr(error, name, None)
             if isinstance(value, str):
                 setattr(error, name, clean(value))
+        scrub_error(error, urls=(secret,))
 
     async def release(self) -> None:
         """Delete the staged object, if any; runs to its end even if the caller is cancelled."""
@@ -698,7 +700,9 @@ class Storage:
             return target
 
         written = await _retry.retrying(
-            attempt, policy, what=lambda: f"download {loggable_url(url)} to {target}"
+            lambda number: _download.logged_attempt(attempt(number), url, target, number),
+            policy,
+            what=lambda: f"download {loggable_url(url)} to {target}",
         )
         logger.debug("wrote %s", target)
         return written

@@ -130,6 +130,19 @@ async def files_and_buckets(folder: Path) -> list[str]:
         return [o.source for o in await client.upscale_all(images)]
 
 
+def retry_statuses() -> list[RetryPolicy]:
+    """Any iterable of ints sets the statuses to retry; the policy keeps a frozenset."""
+    policies = [
+        RetryPolicy(retry_statuses={429, 503}),
+        RetryPolicy(retry_statuses=frozenset({429})),
+        RetryPolicy(retry_statuses=[500, 502, 503]),
+        RetryPolicy(retry_statuses=range(500, 505)),
+        RetryPolicy(retry_statuses=(s for s in (429, 503))),
+    ]
+    assert_type(policies[0].retry_statuses, frozenset[int])
+    return policies
+
+
 def testing_mode() -> None:
     """Switch retry waits off in one's own tests."""
     monica_async.set_testing(True)

@@ -18,7 +18,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TextIO
 
 from monica_async._config import (
     API_KEY_ENV,
@@ -409,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = run_options(args, resume_command(_prog_for_hint(), args_list))
         status = asyncio.run(execute(options))
         if status == EXIT_OUTPUT_CLOSED:
-            _silence_stdout()
+            _silence(sys.stdout)
+        _silence_if_closed(sys.stderr)
         return status
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
@@ -442,12 +443,24 @@ def entry() -> NoReturn:
     sys.exit(status)
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the flush at exit does not fail once more."""
+def _silence(stream: TextIO) -> None:
+    """Point *stream* at /dev/null, so that the flush at exit does not fail once more."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
+
+
+def _silence_if_closed(stream: TextIO) -> None:
+    """Silence *stream* if its reader went away (``2>&1 | head -1``).
+
+    What could not be written is still buffered; the flush at exit would fail, and
+    Python would then exit with status 120 instead of the run's own.
+    """
+    try:
+        stream.flush()
+    except BrokenPipeError:
+        _silence(stream)
 
 
 def _serve_fake(argv: list[str]) -> int:

@@ -49,7 +49,7 @@ from monica_async._exceptions import (
 from monica_async._models import Outcome, UpscaleResult
 from monica_async._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from monica_async._stats import ClientStats
-from monica_async._storage import ObjectLocation, Storage
+from monica_async._storage import CHECK_NAME, ObjectLocation, Storage
 from monica_async._validation import is_loopback_host
 
 from ._buckets import check_input_stores, clean_unfinished_uploads
@@ -94,6 +94,9 @@ EXIT_OUTPUT_CLOSED: Final = 141
 
 #: Seconds between two refreshes of the progress display.
 TICK: Final = 0.2
+#: Failures (their record's error type) that no retry can turn into a success: the
+#: input itself is wrong (not a URL, a line that cannot be read).
+_NEVER_SUCCEED: Final = frozenset({"InputError", "InvalidRequestError"})
 
 
 class _Stopped(MonicaError):
@@ -215,6 +218,11 @@ def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
         staging=options.staging,
         **kwargs,
     )
+
+
+def _disk_error(error: OSError, path: Path | str) -> OSError:
+    """*error* of writing a download, naming the file and the option that chose its place."""
+    return type(error)(f"cannot write {str(path)!r} (--download-dir): {error.strerror or error}")
 
 
 def _success(
@@ -405,8 +413,9 @@ class _Run:
                 )
             await self.client.download(result, path)
         except (MonicaError, OSError) as exc:  # OSError: the local disk, not the API
+            error = _disk_error(exc, path) if isinstance(exc, OSError) else exc
             self.write(
-                _failure(record, exc, began, stage="download", result=result),
+                _failure(record, error, began, stage="download", result=result),
                 ok=False,
                 error_type=type(exc).__name__,
             )
@@ -526,6 +535,7 @@ async def _execute(
             raise UsageError(
                 f"cannot create --download-dir {str(options.download_dir)!r}: {exc.strerror or exc}"
             ) from None
+        _check_writable(options.download_dir)
         # What a killed run was writing; a live run's files are locked and stay.
         remove_stale_temporaries(options.download_dir)
     async with contextlib.AsyncExitStack() as stack:
@@ -550,6 +560,30 @@ async def _execute(
         with log_through(reporter, options.verbosity):
             return await _drive(run, on_finish)
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail now, naming the option, when no file can be written in *directory*.
+
+    Otherwise every input would be upscaled (and billed) before its download failed,
+    and ``--resume`` would upscale them all again.
+    """
+    probe = directory / CHECK_NAME
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write files in --download-dir {str(directory)!r}: {exc.strerror or exc}; "
+            "nothing was sent"
+        ) from None
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _retry_hint(tally: Tally, hint: str | None) -> str | None:
+    """*hint* (the ``--resume`` command) if some failure of the run could succeed on a
+    retry; ``None`` when every one would fail again as it is."""
+    return hint if any(name not in _NEVER_SUCCEED for name in tally.failed) else None
 
 
 def _open_source(options: RunOptions, stdin: IO[bytes]) -> InputSource | DirectorySource:
@@ -702,6 +736,7 @@ async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
             run.reporter.note(f"To resume, run:\n  {hint}")
         return EXIT_INTERRUPTED
     if run.tally.failures:
+        hint = _retry_hint(run.tally, hint)
         if quiet:
             tally = run.tally
             kinds = ", ".join(f"{name} {count}" for name, count in tally.failed.most_common())
