@@ -84,6 +84,9 @@ INSTALL_HINT: Final = 'pip install "monica-async[storage]"'
 
 #: Seconds a cancelled upload waits for its abort to reach the store before giving up on it.
 ABORT_WAIT: Final = 30.0
+#: Seconds a store whose credential chain came up empty fails calls at once; the next
+#: call after that walks the chain again (a passing outage of a metadata service).
+NO_CREDENTIALS_HOLD: Final = 60.0
 
 _CREDENTIAL_HINTS: Final = {
     "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary "
@@ -403,9 +406,17 @@ class _Gate:
 
     #: The store answered a call: its credentials were found.
     proven: bool = False
-    #: Why the store has no credentials (the chain came up empty): later calls fail at once.
+    #: Why the store has no credentials (the chain came up empty): calls fail at once...
     missing: str | None = None
+    #: ...until this time of the event loop's clock.
+    missing_until: float = 0.0
     lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+
+    def why_missing(self) -> str | None:
+        """Why calls fail at once now, or ``None``: go ahead (and find out)."""
+        if self.missing is not None and asyncio.get_running_loop().time() >= self.missing_until:
+            self.missing = None
+        return self.missing
 
 
 @attrs.define(eq=False)
@@ -503,15 +514,17 @@ class Storage:
 
         Until the store has answered once, calls go one at a time: without
         credentials each would walk the credential chain for seconds, one after
-        another inside obstore. Once the chain came up empty, calls fail at once.
+        another inside obstore. Once the chain came up empty, calls fail at once
+        (for :data:`NO_CREDENTIALS_HOLD` seconds).
         """
         gate = self._gates.get(id(store))
         if gate is None:
             gate = self._gates[id(store)] = _Gate()
         if not gate.proven:
             async with gate.lock:
-                if gate.missing is not None:
-                    raise _failed(operation, location, gate.missing)
+                missing = gate.why_missing()
+                if missing is not None:
+                    raise _failed(operation, location, missing)
                 if not gate.proven:
                     return await self._first_call(gate, location, operation, call)
         try:
@@ -536,6 +549,7 @@ class Storage:
             why = _why(exc, operation, location)
             if classify(exc) is Failure.NO_CREDENTIALS:
                 gate.missing = why
+                gate.missing_until = asyncio.get_running_loop().time() + NO_CREDENTIALS_HOLD
             else:
                 gate.proven = True  # the store answered: credentials were found
             raise _failed(operation, location, why) from None
@@ -555,11 +569,13 @@ class Storage:
             return
         import obstore
 
-        with contextlib.suppress(StorageError):
+        try:
             await self._guarded(store, location, what, lambda: obstore.head_async(store, key))
-        gate = self._gates[id(store)]
-        if gate.missing is not None:
-            raise _failed(what, location, gate.missing)
+        except StorageError:
+            missing = self._gates[id(store)].why_missing()
+            if missing is not None:
+                raise
+
 
     async def check_readable(self, locations: list[ObjectLocation]) -> StorageError | None:
         """Whether the store of *locations* (objects of one bucket) can be read; ``None``: yes.

@@ -1032,3 +1032,17 @@ async def wait_for_upload(bucket: Bucket) -> None:
     while not await asyncio.to_thread(bucket.open_uploads):
         assert loop.time() < deadline, "no multipart upload started"
         await asyncio.sleep(0.02)
+
+
+async def test_missing_credentials_are_held_for_a_while_then_looked_for_again() -> None:
+    """A store whose credential chain came up empty fails at once for a while, not forever."""
+    from monica_async._storage import NO_CREDENTIALS_HOLD, _Gate
+
+    now = asyncio.get_running_loop().time()
+    held = _Gate(missing="no credentials found", missing_until=now + NO_CREDENTIALS_HOLD)
+    over = _Gate(missing="no credentials found", missing_until=now - 0.001)
+    assert ("no credentials found", None, None) == (
+        held.why_missing(),
+        over.why_missing(),
+        over.missing,
+    )
