@@ -44,6 +44,7 @@ from ._config import RetryPolicy
 from ._exceptions import APIError, InvalidRequestError, MonicaError, StorageError, excerpt
 from ._http import EnvProxies, loggable_url
 from ._redact import scrub_error, scrub_text
+from ._validation import validate_image_url
 
 if TYPE_CHECKING:
     from obstore.store import AzureStore, GCSStore, ObjectStore, S3Store
@@ -576,7 +577,6 @@ class Storage:
             if missing is not None:
                 raise
 
-
     async def check_readable(self, locations: list[ObjectLocation]) -> StorageError | None:
         """Whether the store of *locations* (objects of one bucket) can be read; ``None``: yes.
 
@@ -647,6 +647,12 @@ class Storage:
         else:
             path = Path(source)
         if self.staging is None:
+            if "://" in source:  # a URL gone wrong: say what is wrong with it
+                try:
+                    validate_image_url(source)
+                except InvalidRequestError as exc:
+                    raise InvalidRequestError(f"{exc}; {_STAGING_HINT}") from None
+            # A path, spaces and all: the URL rules (no spaces) are not what it breaks.
             shown = excerpt(repr(source), 80)
             raise InvalidRequestError(
                 f"image must be an absolute http(s) URL with a host, got {shown}; {_STAGING_HINT}"

@@ -1046,3 +1046,15 @@ async def test_missing_credentials_are_held_for_a_while_then_looked_for_again() 
         over.why_missing(),
         over.missing,
     )
+
+
+async def test_local_path_with_spaces_without_staging_names_the_option(
+    client: MonicaClient, tmp_path: Path
+) -> None:
+    """A path with spaces is refused for want of a staging location, not for its spaces."""
+    with pytest.raises(InvalidRequestError) as caught:
+        await client.upscale(str(tmp_path / "my photo.png"))
+    assert ("staging=" in str(caught.value), "must not contain" in str(caught.value)) == (
+        True,
+        False,
+    )
