@@ -5,6 +5,9 @@ its HTTP exchange. On the way in it takes a place (the concurrency cap, fixed or
 automatic) and waits for the limiter; on the way out it tells them how the attempt
 went: an answer teaches the automatic target the latency, a 429 is put down to the
 rate (the limiter pauses) or to the number in flight (the target comes down).
+
+In a batch refused meanwhile (a wrong key, a spent balance: see :mod:`._refusal`) the
+waits end at once and nothing is sent: the attempt raises that refusal instead.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ._concurrency import AutoConcurrency, Blame
 from ._exceptions import RateLimitError
 from ._flow import Slots
 from ._ratelimit import RateLimiter
+from ._refusal import check as check_refused
+from ._refusal import unless_refused
 from ._stats import StatsRecorder
 
 __all__ = ["Admission", "Turn"]
@@ -62,10 +67,11 @@ class Turn:
 
     async def __aenter__(self) -> Turn:
         admission = self._admission
-        await self._take_place()
+        await unless_refused(self._take_place)
         try:
-            self.waited = await admission.limiter.acquire()
+            self.waited = await unless_refused(admission.limiter.acquire)
             await self._recheck_place()
+            check_refused()
         except BaseException:
             admission.slots.release()
             raise

@@ -30,16 +30,19 @@ from ._exceptions import (
     InvalidRequestError,
     MonicaError,
     PermissionDeniedError,
+    QuotaExceededError,
 )
 from ._flow import Slots
 from ._models import Outcome, UpscaleResult
+from ._refusal import Refusal
 
 __all__ = ["run_batch"]
 
 logger = logging.getLogger("monica_async")
 
-#: Errors that concern the whole key: after one, sending more requests is pointless.
-KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError)
+#: Errors that concern the whole key: after one, sending more requests is pointless
+#: (a spent balance included: every request would get it until a top-up).
+KEY_ERRORS: Final = (AuthenticationError, PermissionDeniedError, QuotaExceededError)
 
 
 class _Finished:
@@ -169,7 +172,8 @@ class _Batch:
         self._queue: asyncio.Queue[Outcome | _Finished | _Failed] = asyncio.Queue(
             0 if ordered else buffer
         )
-        self._key_error: MonicaError | None = None
+        # Holds the first key error; it also ends the waits of calls not sent yet.
+        self._refusal = Refusal()
         self._tasks: list[asyncio.Task[None]] = []
 
     def _start(self, count: int) -> None:
@@ -185,6 +189,7 @@ class _Batch:
             self._start(growth.wanted() - len(self._tasks))
 
     async def _work(self) -> None:
+        self._refusal.enter()
         try:
             while await self._one():
                 pass
@@ -209,13 +214,14 @@ class _Batch:
 
     async def _outcome(self, index: int, item: object) -> Outcome:
         label = _label(item)
-        if self._key_error is not None:
-            return Outcome(index=index, source=label, error=self._key_error)
+        refusal = self._refusal
+        if refusal.error is not None:
+            return Outcome(index=index, source=label, error=refusal.error)
         try:
             result = await self._call(item)
         except MonicaError as exc:
-            if isinstance(exc, KEY_ERRORS) and self._key_error is None:
-                self._key_error = exc
+            if isinstance(exc, KEY_ERRORS) and refusal.error is None:
+                refusal.record(exc)
                 _warn_stopped(exc)
             return Outcome(index=index, source=label, error=exc)
         return Outcome(index=index, source=label, result=result)

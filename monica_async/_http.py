@@ -226,7 +226,7 @@ def status_error(
             f"unexpected redirect to {headers.get('location', '?')!r}; redirects are not "
             f"followed so that the API key never leaves the API host ({message})"
         )
-    error = status_error_class(status)(
+    error = status_error_class(status, code, message)(
         message,
         status=status,
         code=code,

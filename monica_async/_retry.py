@@ -27,7 +27,8 @@ from typing import TypeVar
 import tenacity
 
 from ._config import RetryPolicy
-from ._exceptions import APIConnectionError, APIError, APIStatusError
+from ._exceptions import APIConnectionError, APIError, APIStatusError, QuotaExceededError
+from ._refusal import unless_refused
 
 __all__ = ["is_testing", "parse_retry_after", "retrying", "set_testing"]
 
@@ -60,7 +61,8 @@ def is_testing() -> bool:
 
 
 async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(0 if _testing else seconds)
+    # A batch refused meanwhile (a wrong key, a spent balance) ends the wait at once.
+    await unless_refused(lambda: asyncio.sleep(0 if _testing else seconds))
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -99,6 +101,9 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     """Tell whether *exc*, raised by one attempt, is worth another attempt."""
     if not isinstance(exc, APIError):
         # Never CancelledError, never a bug of ours: only the library's API errors.
+        return False
+    if isinstance(exc, QuotaExceededError):
+        # Not even on a server's x-should-retry: true; only a top-up helps.
         return False
     if isinstance(exc, APIStatusError):
         return _retried_status(exc, policy) and not _waits_too_long(exc, policy)

@@ -32,6 +32,7 @@ PUBLIC_API = {
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",

@@ -24,6 +24,7 @@ from monica_async import (
     MonicaClient,
     MonicaError,
     Outcome,
+    QuotaExceededError,
     RateLimit,
     RateLimiter,
     RateLimitError,
@@ -75,6 +76,9 @@ async def handle_errors(client: MonicaClient) -> str:
     except RateLimitError as exc:
         assert_type(exc.retry_after, float | None)
         return f"wait {exc.retry_after}"
+    except QuotaExceededError as exc:
+        assert_type(exc.status, int)
+        return f"top the balance up: {exc.message}"
     except APIStatusError as exc:
         assert_type(exc.status, int)
         assert_type(exc.code, str | None)

@@ -3,8 +3,9 @@
 Run it as ``monica-upscale ...`` or ``python -m monica_async ...``. stdout is for
 data (the records of ``run -o -``, the ``READY`` line of ``serve-fake``); everything
 meant for people goes to stderr. Exit statuses: 0 every input succeeded, 1 some
-failed, 2 a usage or configuration error (one line on stderr), 130 interrupted
-(SIGINT or SIGTERM), 141 the reader of ``run -o -`` went away.
+failed, 2 a usage or configuration error (one line on stderr), 75 the API key's
+balance ran out (top it up, then ``--resume``), 130 interrupted (SIGINT or SIGTERM),
+141 the reader of ``run -o -`` went away.
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ examples:
 The API key comes from {API_KEY_ENV} or --api-key-file, never from a flag.
 stdout carries only the records (with -o -); progress, notes and the summary go
 to stderr. Exit status: 0 all succeeded, 1 some failed, 2 usage error,
-130 interrupted, 141 the reader of -o - went away."""
+75 the key's balance ran out (top it up, then --resume), 130 interrupted,
+141 the reader of -o - went away."""
 
 
 def _verbosity_options(parser: argparse.ArgumentParser) -> None:
@@ -300,6 +302,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seed of the pictures and faults: the same seed, the same demo (default 7)",
     )
+    demo.add_argument(
+        "--quota",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="the fake key's balance runs out after N successful calls: see the run stop, "
+        "then the demo tops the balance up and resumes",
+    )
+    demo.add_argument(
+        "--documented-limits",
+        action="store_true",
+        help="the fake server plays Monica's default limits for a new key, 5 times faster "
+        "(10 requests per 12 s, 8 in flight), and the run its defaults instead of "
+        f"{DEMO_RATE}",
+    )
     _progress_option(demo)
     _verbosity_options(demo)
 
@@ -404,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=args.seed,
                     progress_bar=_progress(args.progress),
                     verbosity=_verbosity(args),
+                    quota=args.quota,
+                    documented_limits=args.documented_limits,
                 )
             )
         options = run_options(args, resume_command(_prog_for_hint(), args_list))
