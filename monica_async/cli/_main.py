@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import sys
@@ -47,7 +48,7 @@ from ._options import (
 from ._progress import require_rich
 from ._run import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE, execute, resume_command
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 PROG = "monica-upscale"
 
@@ -436,6 +437,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+
+
+def entry() -> NoReturn:
+    """The ``monica-upscale`` program: :func:`main`, then exit with its status.
+
+    Once obstore has run, the process ends without the interpreter's finalization,
+    its output flushed. A thread of obstore's runtime that has just completed a
+    Python future may still be on its way back: pyo3-async-runtimes completes one
+    with ``loop.call_soon_threadsafe``, which releases the GIL around its write to
+    the loop's wake-up socket. If the main thread finalizes the interpreter in that
+    moment, taking the GIL back ends the thread with ``pthread_exit`` (Python up to
+    3.13), whose unwinding cannot cross Rust frames: the process aborts (SIGABRT,
+    status 134) after everything was printed, in about one run of two after a
+    credential failure. Ending with ``os._exit`` leaves no finalization to race.
+    """
+    status = main()
+    if "obstore" in sys.modules:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _silence(stream: TextIO) -> None:

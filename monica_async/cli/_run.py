@@ -57,8 +57,9 @@ from monica_async._stats import ClientStats
 from monica_async._storage import CHECK_NAME, ObjectLocation, Storage
 from monica_async._validation import is_loopback_host
 
+from ._buckets import check_input_stores, clean_unfinished_uploads
 from ._directory import DirectorySource, open_directory
-from ._inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
+from ._inputs import CHUNK, InputRecord, InputSource, count_inputs, open_input, stream_inputs
 from ._options import RunOptions, UsageError
 from ._output import (
     ResultLog,
@@ -313,6 +314,9 @@ class _Run:
         self.downloads: set[asyncio.Task[None]] = set()
         # Automatic concurrency can grow to its ceiling: downloads may follow it.
         self.download_slots = asyncio.Semaphore(options.concurrency or MAX_AUTO_CONCURRENCY)
+        self.records = stream_inputs(self.source, self.keep, self.stop)
+        #: The first inputs, read before the run starts (see check_stores).
+        self.ahead: list[InputRecord] = []
 
     # -- inputs -------------------------------------------------------------------
 
@@ -326,10 +330,30 @@ class _Run:
             return False
         return True
 
+    async def check_stores(self) -> None:
+        """Read the first inputs ahead, and stop if a bucket they name cannot be read."""
+        try:
+            async for record in self.records:
+                self.ahead.append(record)
+                if len(self.ahead) >= CHUNK:
+                    break
+            await check_input_stores(self.ahead)
+        except BaseException:
+            await self.records.aclose()
+            raise
+
+    async def inputs(self) -> AsyncIterator[InputRecord]:
+        """The inputs read ahead, then the rest."""
+        ahead, self.ahead = self.ahead, []
+        for record in ahead:
+            yield record
+        async for record in self.records:
+            yield record
+
     async def urls(self) -> AsyncIterator[str]:
         """The URLs for ``upscale_many``; remembers which input each batch index is."""
         index = 0
-        async for record in stream_inputs(self.source, self.keep, self.stop):
+        async for record in self.inputs():
             if record.url is None:
                 self.write(problem_record(record), ok=False, error_type="InputError")
                 continue
@@ -527,6 +551,7 @@ async def _execute(
         source = _open_source(options, sys.stdin.buffer if stdin is None else stdin)
         stack.callback(source.close)
         await _check_storage(options)
+        await clean_unfinished_uploads(options, err)
         inner = _limiter(options)
         stack.push_async_callback(inner.aclose)
         limiter = _StoppableLimiter(inner)
@@ -540,6 +565,7 @@ async def _execute(
         tally = Tally()
         reporter = _reporter(options, tally, out, err)
         run = _Run(options, source, log, client, limiter, reporter, tally, done)
+        await run.check_stores()
         with log_through(reporter, options.verbosity):
             return await _drive(run, on_finish)
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows

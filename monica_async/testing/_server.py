@@ -95,7 +95,7 @@ logger = logging.getLogger("monica_async.testing")
 API_PATH: Final = "/v1/image/tool/upscale"
 #: ``GET`` returns :meth:`FakeServerStats.to_json`; no auth, not counted.
 STATS_PATH: Final = "/_fake/stats"
-#: ``POST`` resets the stats; no auth, not counted.
+#: ``POST`` resets the stats and drops the results kept for download; no auth, not counted.
 RESET_PATH: Final = "/_fake/reset"
 #: ``GET`` returns ``{"quota": N}`` (``null``: no quota); ``POST {"quota": N}`` sets the
 #: balance left (a top-up), ``{"quota": null}`` removes it. No auth, not counted.
@@ -123,6 +123,11 @@ DEFAULT_FETCH_TIMEOUT: Final = 10.0
 DEFAULT_MAX_INPUT_SIZE: Final = (2048, 2048)
 DEFAULT_MAX_OUTPUT_SIZE: Final = (4096, 4096)
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
+#: Bytes of upscaled results kept for download; past them the oldest are dropped.
+DEFAULT_MAX_RESULT_BYTES: Final = 1024 * 1024 * 1024
+#: What a kept result counts for besides its bytes (its URL, its entry): so that a
+#: long run of tiny results is bounded too.
+_RESULT_OVERHEAD: Final = 256
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 
@@ -134,6 +139,7 @@ _UNCOUNTED_ROUTES: Final = frozenset(
 )
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _DERIVED_RESULT_RE: Final = re.compile(r"/results/[0-9a-f]{40}\.png")
+_KEPT_RESULT_RE: Final = re.compile(r"/results/[0-9a-f]{32}\.png")
 # After aborting a transport the handler only waits for aiohttp to cancel it
 # (handler_cancellation=True), which happens within a loop iteration or two.
 _AFTER_ABORT_WAIT: Final = 60.0
@@ -548,6 +554,11 @@ def _check_non_negative(_: object, attribute: attrs.Attribute[Any], value: Any) 
         raise ValueError(f"{attribute.name} must be seconds >= 0, got {value!r}")
 
 
+def _check_byte_count(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
 def _check_size(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (
         isinstance(value, tuple)
@@ -559,6 +570,38 @@ def _check_size(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 def _freeze_weights(value: Mapping[Fault, float]) -> Mapping[Fault, float]:
     return MappingProxyType(dict(value))
+
+
+class _Results:
+    """The results a server made, kept for download, oldest dropped past a budget of bytes.
+
+    The newest result is always kept, however large. A dropped result that is being
+    downloaded goes on being sent: the response holds its bytes.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, bytes] = {}  # in insertion order: oldest first
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def add(self, path: str, data: bytes, budget: int) -> None:
+        """Keep *data* at *path*; drop the oldest results while over *budget* bytes."""
+        self._kept[path] = data
+        self.size += len(data) + _RESULT_OVERHEAD
+        while self.size > budget and len(self._kept) > 1:
+            oldest = next(iter(self._kept))
+            self.size -= len(self._kept.pop(oldest)) + _RESULT_OVERHEAD
+
+    def get(self, path: str) -> bytes | None:
+        """The result at *path*, unless it was dropped (or never made)."""
+        return self._kept.get(path)
+
+    def clear(self) -> None:
+        """Drop every result."""
+        self._kept.clear()
+        self.size = 0
 
 
 # eq=False: a server is a live object, equal only to itself (and hashable).
@@ -598,6 +641,10 @@ class FakeMonicaServer:
         shutdown_timeout: Seconds :meth:`stop` waits for requests in flight (read
             by :meth:`start`).
         max_download_bytes: Largest input picture file accepted, in bytes.
+        max_result_bytes: Bytes of upscaled results kept for download: past them
+            the oldest are dropped (their URLs then answer 404), so that a long run
+            stays bounded. The newest is always kept; :data:`RESET_PATH` and
+            :meth:`clear_results` drop them all.
     """
 
     api_key: str | None = attrs.field(default=DEFAULT_API_KEY, repr=False)
@@ -626,6 +673,9 @@ class FakeMonicaServer:
         default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_check_non_negative
     )
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    max_result_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESULT_BYTES, validator=_check_byte_count
+    )
 
     _rng: random.Random = attrs.field(init=False, repr=False)
     _stats: FakeServerStats = attrs.field(init=False, repr=False, factory=FakeServerStats)
@@ -635,6 +685,7 @@ class FakeMonicaServer:
     _base_url: str | None = attrs.field(init=False, repr=False, default=None)
     _stopping: asyncio.Event | None = attrs.field(init=False, repr=False, default=None)
     _blobs: dict[str, tuple[bytes, str]] = attrs.field(init=False, repr=False, factory=dict)
+    _results: _Results = attrs.field(init=False, repr=False, factory=_Results)
     _scripts: dict[str, deque[Fault | None]] = attrs.field(init=False, repr=False, factory=dict)
     _queue: deque[Fault | None] = attrs.field(init=False, repr=False, factory=deque)
     _windows: dict[str, deque[float]] = attrs.field(init=False, repr=False, factory=dict)
@@ -746,6 +797,10 @@ class FakeMonicaServer:
         """Forget what the server saw; requests in flight stay counted in ``in_flight``."""
         in_flight = self._stats.in_flight
         self._stats = FakeServerStats(in_flight=in_flight, peak_concurrency=in_flight)
+
+    def clear_results(self) -> None:
+        """Drop every upscaled result kept for download (images added stay)."""
+        self._results.clear()
 
     def add_image(
         self, data: bytes, *, name: str | None = None, content_type: str | None = None
@@ -1077,7 +1132,7 @@ class FakeMonicaServer:
         except _images.ImageError as exc:
             raise _Reply(400, exc.code, exc.message) from None
         path = f"/results/{uuid.uuid4().hex}.png"
-        self._blobs[path] = (result, "image/png")
+        self._results.add(path, result, self.max_result_bytes)
         return web.json_response({"image": self.base_url + path})
 
     async def _download(self, image: str) -> bytes:
@@ -1116,8 +1171,17 @@ class FakeMonicaServer:
 
     async def _handle_blob(self, request: web.Request) -> web.StreamResponse:
         found = self._blobs.get(request.path)
+        if found is None and (result := self._results.get(request.path)) is not None:
+            found = (result, "image/png")
         if found is None and _DERIVED_RESULT_RE.fullmatch(request.path):
             found = (_images.placeholder_png(), "image/png")
+        if found is None and _KEPT_RESULT_RE.fullmatch(request.path):
+            raise _Reply(
+                404,
+                "not_found",
+                f"no result at {request.path}: results are kept up to max_result_bytes "
+                f"({self.max_result_bytes} bytes), oldest dropped first, until a reset",
+            )
         if found is None:
             raise _Reply(404, "not_found", f"nothing is served at {request.path}")
         data, content_type = found
@@ -1128,6 +1192,7 @@ class FakeMonicaServer:
 
     async def _handle_reset(self, request: web.Request) -> web.StreamResponse:
         self.reset_stats()
+        self.clear_results()
         return web.json_response({"reset": True})
 
     async def _handle_quota(self, request: web.Request) -> web.StreamResponse:
