@@ -1,6 +1,8 @@
 """Unfinished multipart uploads in an S3 bucket: listed and aborted.
 
-obstore has no call for either, so these two requests are made here, signed with AWS
+obstore has no call for either, and botocore, which has them, would add a large
+dependency to the ``storage`` extra for two requests; so these two are made here, signed
+with AWS
 Signature Version 4 (https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-authenticating-requests.html)
 from the same environment variables obstore's stores are built from: static credentials
 only (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``), the
