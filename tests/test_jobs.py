@@ -28,7 +28,6 @@ import attrs
 import pytest
 from aiohttp import web
 
-import monica_async
 from monica_async.testing import API_PATH, FakeMonicaServer
 
 if TYPE_CHECKING:
@@ -369,10 +368,6 @@ async def test_the_web_front_answers_what_it_cannot_take(
         assert 503 == response.status
 
 
-@pytest.mark.skipif(
-    not hasattr(monica_async, "QuotaExceededError"),
-    reason="monica_async has no QuotaExceededError yet: the quota 429 is a RateLimitError",
-)
 async def test_an_exhausted_quota_ends_its_job_failed_without_retry(
     jobs: Jobs, http: aiohttp.ClientSession, answering_server: Any
 ) -> None:
