@@ -68,7 +68,8 @@ class Turn:
 
     async def __aenter__(self) -> Turn:
         admission = self._admission
-        await unless_refused(self._take_place)
+        if not admission.slots.try_acquire():
+            await unless_refused(self._wait_for_place)
         self._holding = True
         try:
             self.waited = await unless_refused(admission.limiter.acquire)
@@ -105,12 +106,11 @@ class Turn:
         finally:
             admission.slots.release()
 
-    async def _take_place(self) -> None:
-        slots, auto = self._admission.slots, self._admission.auto
-        if not slots.try_acquire():
-            if auto is not None:
-                auto.waiting()
-            await slots.acquire()
+    async def _wait_for_place(self) -> None:
+        """Wait for a place in flight; waiting tells the automatic target of demand."""
+        if self._admission.auto is not None:
+            self._admission.auto.waiting()
+        await self._admission.slots.acquire()
 
     async def _recheck_place(self) -> None:
         """If the target came down while the limiter held this attempt back (a server
@@ -120,7 +120,7 @@ class Turn:
         if auto is not None and slots.free < 0 and admission.stats.in_flight >= auto.limit:
             slots.release()
             self._holding = False
-            await unless_refused(self._take_place)
+            await unless_refused(self._wait_for_place)
             self._holding = True
 
     async def _answered(self) -> None:
