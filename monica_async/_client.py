@@ -20,7 +20,7 @@ import attrs
 
 from . import _download, _retry, _storage, _telemetry
 from ._batch import run_batch
-from ._concurrency import AutoConcurrency, Blame, limiter_rate
+from ._concurrency import AutoConcurrency, Blame, limiter_burst, limiter_rate
 from ._config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -30,6 +30,7 @@ from ._config import (
     MAX_AUTO_CONCURRENCY,
     UPSCALE_PATH,
     USE_CLIENT_DEFAULT,
+    Limits,
     RetryPolicy,
     UseClientDefault,
     resolve_api_key,
@@ -88,6 +89,37 @@ def _request_body(image: str, scale: int) -> bytes:
     return b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
 
 
+def _check_limits(
+    limits: Limits | None, rate_limit: RateLimiter | None, max_concurrency: int | None
+) -> Limits:
+    """*limits* (or no limits), refused when another option states the same limit."""
+    if limits is None:
+        return Limits()
+    if not isinstance(limits, Limits):
+        raise InvalidRequestError(
+            f"limits must be a Limits such as Limits(rate='10/min', in_flight=8), got {limits!r}"
+        )
+    if limits.rate is not None and rate_limit is not None:
+        raise InvalidRequestError(
+            "give the rate once: limits=Limits(rate=...) or rate_limit=..., not both"
+        )
+    if limits.in_flight is not None and max_concurrency is not None:
+        raise InvalidRequestError(
+            "give the concurrency once: limits=Limits(in_flight=...) or max_concurrency=..., "
+            "not both"
+        )
+    return limits
+
+
+def _default_limiter(limits: Limits, rate_limit: RateLimiter | None) -> RateLimiter:
+    if rate_limit is not None:
+        return rate_limit
+    if limits.rate is not None:
+        requests, per = limits.rate
+        return RateLimit(requests, per=per)
+    return AdaptiveRateLimit()
+
+
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
@@ -120,12 +152,18 @@ class MonicaClient:
         max_concurrency: Attempts in flight at once across every call of this
             client, single calls and batches alike. ``None`` (default): sized
             automatically from the limiter's rate and the latency observed, from
-            16 up to :data:`MAX_AUTO_CONCURRENCY` (256), lowered when the server
-            answers 429 to a high number in flight. An integer is a hard cap.
+            8 (what a new key allows) up to :data:`MAX_AUTO_CONCURRENCY` (256), or
+            to ``limits.in_flight``; lowered when the server answers 429 to a high
+            number in flight. An integer is a hard cap.
         rate_limit: A :class:`RateLimit`, :class:`AdaptiveRateLimit`,
-            :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: an
+            :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: a
+            :class:`RateLimit` at ``limits.rate`` when given, else an
             :class:`AdaptiveRateLimit` with no limit until the server answers 429,
             then a shared pause and paced traffic.
+        limits: The key's limits (:class:`Limits`), such as
+            ``Limits(rate="10/min", in_flight=8)``: the one place to state them.
+            Its rate may not be given with *rate_limit*, nor its *in_flight* with
+            *max_concurrency*.
         session: An ``aiohttp.ClientSession`` to use; it is never closed by the client.
         headers: Extra headers for API calls.
         allow_insecure_http: Allow ``http://`` for hosts other than loopback.
@@ -152,6 +190,7 @@ class MonicaClient:
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimiter | None = None,
+        limits: Limits | None = None,
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool = False,
@@ -183,7 +222,8 @@ class MonicaClient:
                 "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
                 f"RateLimiter, got {rate_limit!r}"
             )
-        self.rate_limit: RateLimiter = AdaptiveRateLimit() if rate_limit is None else rate_limit
+        self.limits: Limits = _check_limits(limits, rate_limit, max_concurrency)
+        self.rate_limit: RateLimiter = _default_limiter(self.limits, rate_limit)
         self.allow_insecure_http: bool = allow_insecure_http
         self.max_download_bytes: int = byte_limit("max_download_bytes", max_download_bytes)
         self._storage = _storage.Storage.configure(staging, stores)
@@ -212,12 +252,14 @@ class MonicaClient:
         self._state = _State.UNOPENED
         self._auto: AutoConcurrency | None = None
         if max_concurrency is None:
+            most = self.limits.in_flight or MAX_AUTO_CONCURRENCY
             self._auto = AutoConcurrency(
-                DEFAULT_MAX_CONCURRENCY,
-                MAX_AUTO_CONCURRENCY,
+                min(DEFAULT_MAX_CONCURRENCY, most),
+                most,
                 limiter_rate(self.rate_limit),
                 fixed_rate=not hasattr(self.rate_limit, "rate")
                 and limiter_rate(self.rate_limit)() is not None,
+                burst=limiter_burst(self.rate_limit),
             )
             self._slots = self._auto.slots
         else:

@@ -53,6 +53,9 @@ _MARK_EVERY: Final = 0.05
 #: Seconds over which callers resume after a pause when no rate is known.
 _RESUME_SPREAD: Final = 0.25
 MAX_MARGIN: Final = 0.5
+#: Seconds a start of a burst is counted to take to reach the server (10x what was
+#: measured on loopback), for the default burst.
+START_SPREAD: Final = 0.005
 
 
 @runtime_checkable
@@ -172,6 +175,11 @@ class _Booking:
         """Nothing to release for an in-process limiter."""
 
 
+def default_burst(requests: int, margin: float, spread: float = START_SPREAD) -> int:
+    """The starts a window's *margin* absorbs when they leave *spread* seconds apart."""
+    return max(1, min(requests, int(margin / spread + 1e-9)))
+
+
 def _check_positive(name: str, value: object, *, integer: bool = False) -> None:
     kind = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
@@ -193,14 +201,20 @@ class RateLimit(_Booking):
     What counts is what the server sees. Starts sent back to back reach the server
     spread out by connection set-up and by the server working through them one by
     one (measured on loopback: a burst of 100 arrived over 40 ms, enough to put 112
-    attempts in one of the server's 1 s windows), so the default is even pacing
-    (``burst=1``) and a margin that absorbs the jitter left.
+    attempts in one of the server's 1 s windows), so the default burst is what the
+    margin absorbs, counting 5 ms a start: the whole allowance for windows of
+    several seconds (10 per minute: 10 at once), 3 at a time for per-second limits.
+
+    A 429 pauses every caller (for its ``Retry-After``) when the 429s show a limit
+    (:class:`Evidence`: 15% of the last 100 outcomes, or four in a row); the odd 429
+    of a busy server pauses only its own retry.
 
     Args:
         requests: Attempts allowed per window.
         per: Window length in seconds.
-        burst: Attempts that may start back to back (default 1: evenly spaced).
-            Up to *requests*; large bursts want a larger *margin*.
+        burst: Attempts that may start back to back. Up to *requests*; large
+            bursts want a larger *margin*. Default: ``margin / 5 ms`` within 1 and
+            *requests*.
         margin: Seconds added to every window so that network jitter cannot
             squeeze more than *requests* into one window at the server. Default:
             1% of *per*, at least 15 ms and at most 0.5 s; the steady rate is
@@ -215,6 +229,7 @@ class RateLimit(_Booking):
     burst: int | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     margin: float | None = attrs.field(default=None, on_setattr=attrs.setters.frozen)
     _pause: _Pause = attrs.field(init=False, factory=_Pause)
+    _evidence: Evidence = attrs.field(init=False, factory=lambda: Evidence())
     _log: deque[float] = attrs.field(init=False)
     _tat: float = attrs.field(init=False, default=-math.inf)
     # Derived once, since every booking needs them.
@@ -265,7 +280,9 @@ class RateLimit(_Booking):
     @property
     def effective_burst(self) -> int:
         """Back-to-back starts allowed."""
-        return 1 if self.burst is None else self.burst
+        if self.burst is not None:
+            return self.burst
+        return default_burst(self.requests, self.effective_margin)
 
     @property
     def effective_margin(self) -> float:
@@ -320,8 +337,21 @@ class RateLimit(_Booking):
         if i < len(self._log) and self._log[i] == slot:
             del self._log[i]
 
+    def _succeeded(self, started: float) -> None:
+        """:meth:`on_success` without a coroutine (the client calls it directly)."""
+        self._pause.streak = 0
+        self._evidence.add(False)
+
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
-        """Pause everyone sharing this limiter for *retry_after* (or a backoff)."""
+        """When 429s show a limit, pause everyone sharing this limiter for
+        *retry_after* (or a backoff); the odd 429 pauses no one (0 is returned)."""
+        self._evidence.add(True)
+        if not self._evidence.shows_limit():
+            return 0.0
+        return self._hold(retry_after, started)
+
+    def _hold(self, retry_after: float | None, started: float) -> float:
+        """Pause everyone for *retry_after* (or a backoff), whatever the evidence."""
         return self._pause.extend(retry_after, time.monotonic(), started)
 
 
@@ -360,6 +390,11 @@ class Evidence:
     def refused(self) -> int:
         """429s among the outcomes counted."""
         return self._refused
+
+    @property
+    def streak(self) -> int:
+        """429s in a row, the latest outcome included."""
+        return self._streak
 
     def shows_limit(self) -> bool:
         """Whether the refusals counted look like a limit."""
