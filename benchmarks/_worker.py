@@ -45,12 +45,15 @@ def build_limiter(spec: dict[str, Any]) -> RateLimiter | None:
     requests, per = spec.get("requests"), spec.get("per", 1.0)
     if kind == "default":
         return None
+    burst = spec.get("burst")
     if kind == "ratelimit":
-        return RateLimit(requests, per=per)
+        return RateLimit(requests, per=per, burst=burst)
     if kind == "adaptive":
         return AdaptiveRateLimit(start=spec.get("start"))
     if kind == "redis":
-        return monica_async.RedisRateLimit(spec["redis_url"], requests, per, key=spec["key"])
+        return monica_async.RedisRateLimit(
+            spec["redis_url"], requests, per, burst=burst, key=spec["key"]
+        )
     raise SystemExit(f"unknown limiter {kind!r}")
 
 

@@ -78,6 +78,8 @@ _RECHECK_AFTER: Final = 0.002
 # that the confirmation's own round trip does not delay the start.
 _CONFIRM_LEAD: Final = 3
 _CONFIRM_LEAD_BOUNDS: Final = (0.001, 0.1)
+# Least wait before a caller whose slot was over a window ahead asks again.
+_POLL_AT_LEAST: Final = 0.001
 # How long a measurement of the Redis clock stays usable.
 _CLOCK_SAMPLE_AGE: Final = 60.0
 _US: Final = 1_000_000
@@ -333,6 +335,9 @@ class RedisRateLimit:
     _errors: tuple[type[BaseException], ...] = attrs.field(init=False)
     _pool_full: type[BaseException] = attrs.field(init=False)
     _connections: asyncio.Semaphore = attrs.field(init=False)
+    # Callers of this process whose slot would be over a window ahead, first come first
+    # served: only the first of them asks Redis (when the next slot nears).
+    _queue: asyncio.Lock = attrs.field(init=False, factory=asyncio.Lock)
     _members: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     _closed: bool = attrs.field(init=False, default=False)
     # What the last answers said, for the fallback and for on_success: (when, peers),
@@ -501,28 +506,39 @@ class RedisRateLimit:
         return time.monotonic() - began
 
     async def _book(self) -> _Slot:
-        """Book a slot in Redis; a caller whose slot would be over a window ahead sleeps
-        until it is a window ahead and asks again.
+        """Book a slot in Redis. A slot over a window ahead is not booked: the caller
+        then queues behind the others of this process that wait for one, and the
+        first of them asks Redis again when the next slot is a window ahead.
 
         Raises:
             _Unavailable: Redis could not be used.
         """
-        while True:
-            member = self._next_member()
-            try:
-                slot = await self._run(
-                    functools.partial(self._script.book, member, since=self._rejoin_since)
-                )
-            except _Unavailable:
-                raise
-            except BaseException:
-                self._give_back(member)  # cancelled while Redis may have booked it
-                raise
+        if not self._queue.locked():
+            slot = await self._book_once()
             if slot.member:
-                self._note_booked(slot.due)
                 return slot
-            # Nothing booked, so nothing to give back if cancelled here.
-            await asyncio.sleep(max(0.0, slot.due - time.monotonic()))
+        async with self._queue:
+            while True:
+                slot = await self._book_once()
+                if slot.member:
+                    return slot
+                # Nothing booked, so nothing to give back if cancelled here.
+                await asyncio.sleep(max(slot.due - time.monotonic(), _POLL_AT_LEAST))
+
+    async def _book_once(self) -> _Slot:
+        member = self._next_member()
+        try:
+            slot = await self._run(
+                functools.partial(self._script.book, member, since=self._rejoin_since)
+            )
+        except _Unavailable:
+            raise
+        except BaseException:
+            self._give_back(member)  # cancelled while Redis may have booked it
+            raise
+        if slot.member:
+            self._note_booked(slot.due)
+        return slot
 
     async def _wait_for(self, slot: _Slot) -> None:
         """Sleep until *slot*, asking Redis once more just before it (a pause may have
