@@ -194,8 +194,6 @@ class Verdict:
             found.append(f"{self.hung} process(es) hung")
         for phase, worst in self.windows.items():
             bound = s.switch_bound if phase in ("at the kill", "from the restart") else s.bound
-            if phase == "during the outage" and s.bound is not None:
-                bound = s.bound + 1  # one arrival of jitter between three processes
             if bound is not None and worst > bound:
                 found.append(f"worst window {phase} {worst} > {bound}")
         return found

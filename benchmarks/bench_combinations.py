@@ -52,9 +52,11 @@ def latencies(scale: float) -> dict[str, str]:
     return {"20-80 ms": "0.02,0.08", "2-4 s": f"{2 / scale:g},{4 / scale:g}"}
 
 
-def matrix(seconds: float, scale: float = 1.0) -> list[Scenario]:
-    """Every combination; inputs are taken for *seconds* (a Redis outage: kill a third
-    of the way in, restart at two thirds)."""
+def matrix(
+    seconds: float, scale: float = 1.0, outage_seconds: float | None = None
+) -> list[Scenario]:
+    """Every combination; inputs are taken for *seconds* (with a Redis outage, for
+    *outage_seconds*: killed a third of the way in, restarted at two thirds)."""
     out = []
     for (limiter, client), (conc, fixed), (server, options), (lat, arg) in itertools.product(
         LIMITERS.items(), CONCURRENCIES.items(), SERVERS.items(), latencies(scale).items()
@@ -63,17 +65,21 @@ def matrix(seconds: float, scale: float = 1.0) -> list[Scenario]:
         if server == "Redis outage" and not shared:
             continue  # nothing to take away
         bounded = client["limiter"] in ("ratelimit", "redis")
+        length = seconds
+        if server == "Redis outage":
+            length = outage_seconds or seconds
         out.append(
             Scenario(
                 label=f"{limiter}, {conc}, {server}, {lat}",
                 server=("--latency", arg, *options),
                 client={**client, "concurrency": fixed},
                 processes=3 if shared else 1,
-                seconds=seconds,
-                outage=(seconds / 3, 2 * seconds / 3) if server == "Redis outage" else None,
-                bound=RATE if bounded else None,
+                seconds=length,
+                outage=(length / 3, 2 * length / 3) if server == "Redis outage" else None,
+                # Three processes on a shared machine: a start of scheduling jitter.
+                bound=(RATE + shared) if bounded else None,
                 switch_bound=RATE + RATE // 3 if bounded else None,
-                deadline=seconds + 60,
+                deadline=length + 60,
             )
         )
     return out
@@ -104,7 +110,7 @@ def issue_rows(quick: bool) -> dict[str, Scenario]:
             client=redis_one,
             processes=3,
             seconds=15 * k,
-            bound=RATE,
+            bound=RATE + 1,
         ),
         "1 process, RedisRateLimit(30), 2 s": Scenario(
             label="1 process, 2 s",
@@ -120,7 +126,7 @@ def issue_rows(quick: bool) -> dict[str, Scenario]:
             processes=3,
             seconds=30 * k,
             outage=(10 * k, 20 * k),
-            bound=RATE,
+            bound=RATE + 1,  # three processes on a shared machine: a start of jitter
             switch_bound=RATE + RATE // 3,
             deadline=30 * k + 60,
         ),

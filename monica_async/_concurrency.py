@@ -81,9 +81,9 @@ _QUEUEING: Final = 2.0
 #: Starts at this share of the limiter's rate mean the limiter is what holds them back.
 _BINDING: Final = 0.8
 #: The start rate is measured over the last second, or over this many of the limiter's
-#: intervals at low rates, up to _RATE_SPAN_MAX seconds.
+#: intervals at low rates (or its burst's), up to _RATE_SPAN_MAX seconds.
 _RATE_SPAN_STARTS: Final = 3.0
-_RATE_SPAN_MAX: Final = 5.0
+_RATE_SPAN_MAX: Final = 120.0
 #: A refusal in a place a probe opened this recently (or within two round trips) is
 #: the probe's.
 _PROBE_WINDOW: Final = 0.5
@@ -143,6 +143,7 @@ class AutoConcurrency:
         self._starts = 0
         self._start_marks: deque[tuple[float, int]] = deque()
         self._high = 0
+        self._most_accepted = 0
         self._high_next = 0
         self._high_until = 0.0
         self._over_high = 0
@@ -206,6 +207,7 @@ class AutoConcurrency:
             self._over_high = 0  # refusals above the old high did not show a cap
             self._high = in_flight
         self._high_next = max(self._high_next, in_flight)
+        self._most_accepted = max(self._most_accepted, in_flight)
         if now >= self._next_update:
             self.update(now)
 
@@ -351,8 +353,10 @@ class AutoConcurrency:
             marks.popleft()
 
     def _start_rate(self, now: float, rate: float) -> float:
-        """Starts per second over the last second (longer at low rates: a few starts)."""
-        span = min(_RATE_SPAN_MAX, max(1.0, _RATE_SPAN_STARTS / rate))
+        """Starts per second over the last second; longer at low rates (a few starts)
+        or with a burst allowance (the window it refills over)."""
+        spread = max(_RATE_SPAN_STARTS, self._burst()) / rate
+        span = min(_RATE_SPAN_MAX, max(1.0, spread))
         for at, count in self._start_marks:
             if at >= now - span:
                 return (self._starts - count) / max(now - at, UPDATE_EVERY)
@@ -384,11 +388,14 @@ class AutoConcurrency:
     def _more_would_help(self, now: float, rate: float | None, median: float | None) -> bool:
         """Whether more in flight would raise the throughput of the callers waiting.
 
-        Not during a pause (nothing starts), not while the limiter holds callers back
+        Not before anything is known (no answer and no rate), not during a pause
+        (nothing starts), not while the limiter holds callers back
         (they wait for its pace, or the starts already reach its rate: more in flight
         would only wait longer on it), not while the server queues (Vegas: the recent
         median latency above twice the lowest one seen).
         """
+        if median is None and rate is None:
+            return False  # nothing answered yet: nothing shows what more would do
         if now - self._last_start >= 2 * UPDATE_EVERY or self._slack < 0.5:
             return False
         if rate is not None and self._start_rate(now, rate) >= _BINDING * rate:
@@ -411,7 +418,9 @@ class AutoConcurrency:
             # Nothing answered yet: the oldest attempt's age bounds the latency below.
             high = now - self._first_start
         latency = high or 0.0
-        little = max(math.ceil(rate * latency * HEADROOM) + _SPARE, self._burst())
+        # A burst wants as many places, but no more than have been seen accepted.
+        burst = min(self._burst(), self._most_accepted or self.limit)
+        little = max(math.ceil(rate * latency * HEADROOM) + _SPARE, burst)
         if bound:
             little = max(little, self.limit)  # a lower bound only ever raises it
         return little, f"rate {rate:.3g}/s x latency {latency:.3g} s"

@@ -52,6 +52,12 @@ _MIN_STEP: Final = 0.1
 _MARK_EVERY: Final = 0.05
 #: Seconds over which callers resume after a pause when no rate is known.
 _RESUME_SPREAD: Final = 0.25
+#: A Retry-After this long tells of a window longer than a second.
+_LONG_RETRY_AFTER: Final = 2.0
+#: Accepted starts an adaptive limiter remembers, to size a window it learns.
+_WINDOW_LOG: Final = 2000
+#: Background shares of 429s below this are no background.
+_MIN_NOISE: Final = 0.02
 MAX_MARGIN: Final = 0.5
 #: Seconds a start of a burst is counted to take to reach the server (10x what was
 #: measured on loopback), for the default burst.
@@ -98,6 +104,9 @@ class _Pause:
     not_before: float = 0.0
     epoch: int = 0
     streak: int = 0
+    #: Bumped when the limiter's rules change (a rate or window learned): slots
+    #: booked before are void, their callers book again.
+    rules: int = 0
     _since: float = -math.inf
 
     def extend(self, retry_after: float | None, now: float, started: float) -> float:
@@ -139,8 +148,9 @@ class _Booking:
     async def acquire(self) -> float:
         """Wait until one more attempt may start; return the seconds waited."""
         began = now = time.monotonic()
+        pause = self._pause
         while True:
-            epoch = self._pause.epoch
+            epoch, rules = pause.epoch, pause.rules
             slot = self._book(now)
             if slot <= now:
                 return now - began
@@ -150,9 +160,10 @@ class _Booking:
                 self._cancel(slot)
                 raise
             now = time.monotonic()
-            if self._pause.epoch == epoch or now >= self._pause.not_before:
+            if pause.rules == rules and (pause.epoch == epoch or now >= pause.not_before):
                 return now - began
-            # A 429 paused everyone while we slept: give the slot back and queue behind it.
+            # A 429 paused everyone while we slept (or the rules changed): give the slot
+            # back and queue again.
             self._cancel(slot)
 
     def _try_acquire(self) -> bool:
@@ -236,6 +247,9 @@ class RateLimit(_Booking):
     _interval: float = attrs.field(init=False, default=0.0)
     _window: float = attrs.field(init=False, default=0.0)
     _burst_span: float = attrs.field(init=False, default=0.0)
+    # After a pause, resume paced (the burst allowance empty); not for a window the
+    # server told of, whose allowance starts at once by design.
+    _resume_paced: bool = attrs.field(init=False, default=True)
 
     def __attrs_post_init__(self) -> None:
         _check_positive("requests", self.requests, integer=True)
@@ -325,12 +339,17 @@ class RateLimit(_Booking):
     def _book(self, now: float) -> float:
         pause = self._pause.not_before
         slot = self._earliest(now)
-        if pause > now and slot <= pause:
+        if pause > now and slot <= pause and self._resume_paced:
             # Resume after a pause paced, not as a herd: the burst allowance starts empty.
             self._tat = max(self._tat, slot + self._burst_span)
         self._tat = max(self._tat, slot) + self._interval
         self._log.append(slot)
         return slot
+
+    def _record(self, started: float) -> None:
+        """Count a start made at *started* (in the past, in order) as if booked then."""
+        self._log.append(started)
+        self._tat = max(self._tat, started) + self._interval
 
     def _cancel(self, slot: float) -> None:
         i = bisect.bisect_left(self._log, slot)
@@ -396,6 +415,11 @@ class Evidence:
         """429s in a row, the latest outcome included."""
         return self._streak
 
+    @property
+    def share(self) -> float:
+        """The share of 429s among the outcomes counted (over at least half a window)."""
+        return self._refused / max(len(self._outcomes), _EVIDENCE_WINDOW // 2)
+
     def shows_limit(self) -> bool:
         """Whether the refusals counted look like a limit."""
         if self._streak >= _EVIDENCE_STREAK:
@@ -415,6 +439,13 @@ class AdaptiveRateLimit(_Booking):
     the ``Retry-After`` and teach the rate. The odd 429 of a busy server leaves both
     alone; only its own retry waits.
 
+    - **Windows**: a 429 asking to wait 2 s or more tells of a window longer than a
+      second (Monica's is a minute): its length is when the server says a place
+      frees, counted from the oldest start the window still holds (the first after
+      a gap at least that long), and its size is what the server accepted since.
+      The limiter then keeps to that window as a :class:`RateLimit` would, its
+      whole allowance starting at once on each new window; a later such 429
+      learns it again.
     - **Measuring**: when 429s first show a limit, callers pause, and once the
       pause is over (every refusal of that burst back, since a server refuses at
       once) the rate becomes 95% of what the server accepted in the second before
@@ -423,6 +454,11 @@ class AdaptiveRateLimit(_Booking):
       share of its attempts the server accepted lately (the last second, or up to
       5 s at low rates); with too few attempts to measure, it is multiplied by
       *decrease*.
+    - **Noise**: the share of 429s seen before any limit showed is the server's
+      background. While the pace holds callers back, a 429 cuts the rate only if
+      the share refused lately is over twice that; and a rate learned from 429s
+      that then keep coming at the background's share (at least 2%) is dropped:
+      those were not a limit.
     - **Probing**: while the limiter is what holds callers back (they wait for
       its pace and the last second's attempts used it), the rate grows by 5%
       every second (additive increase), so a limit that rises is found again; a
@@ -430,8 +466,9 @@ class AdaptiveRateLimit(_Booking):
       at most once per measuring span, and no probing for a span after it)
       without pausing anyone, since the pace is then what the server refused.
 
-    Starts are spaced evenly (GCRA without burst). This is what a client uses when
-    it is given no ``rate_limit``.
+    Starts are spaced evenly (GCRA without burst) except within a learned window.
+    This is what a client uses when it is given no ``rate_limit``; *min_rate*
+    bounds the rates it measures, not a window the server told.
     """
 
     start: float | None = None
@@ -453,6 +490,14 @@ class AdaptiveRateLimit(_Booking):
     _refused: int = attrs.field(init=False, default=0)
     _marks: deque[tuple[float, int, int]] = attrs.field(init=False, factory=deque)
     _next_mark: float = attrs.field(init=False, default=-math.inf)
+    # When accepted attempts started (for a window's size), the window learned, the
+    # background share of 429s, and when a learned rate is to be checked against it.
+    _accepted: deque[float] = attrs.field(init=False, factory=lambda: deque(maxlen=_WINDOW_LOG))
+    _window: RateLimit | None = attrs.field(init=False, default=None)
+    # A 429's arrival and Retry-After, to learn the window from once the pause is over.
+    _window_from: tuple[float, float] | None = attrs.field(init=False, default=None)
+    _noise: float = attrs.field(init=False, default=0.0)
+    _check_at: float | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         for name in ("start", "max_rate"):
@@ -467,12 +512,26 @@ class AdaptiveRateLimit(_Booking):
         self._rate = None if self.start is None else float(self.start)
 
     def __repr__(self) -> str:
+        window = self._window
+        if window is not None:
+            return f"AdaptiveRateLimit(window={window.requests} per {window.per:.3g}s)"
         return f"AdaptiveRateLimit(rate={self.rate}, max_rate={self.max_rate})"
 
     @property
     def rate(self) -> float | None:
         """The current rate in requests per second (``None``: unlimited)."""
         return self._rate
+
+    @property
+    def window(self) -> tuple[int, float] | None:
+        """The window learned from the server, as ``(requests, seconds)`` (``None``: none)."""
+        window = self._window
+        return None if window is None else (window.requests, window.per)
+
+    @property
+    def effective_burst(self) -> int:
+        """Back-to-back starts allowed: a learned window's allowance, else 1."""
+        return 1 if self._window is None else self._window.effective_burst
 
     def _try_acquire(self) -> bool:
         """Let one attempt start if nothing holds it back; tell whether it did.
@@ -493,13 +552,16 @@ class AdaptiveRateLimit(_Booking):
         """Wait until one more attempt may start; return the seconds waited."""
         if self._try_acquire():
             return 0.0
-        unpaced = self._rate is None
+        rules = self._pause.rules
         waited = await super().acquire()
         now = time.monotonic()
-        if self._learn_from is not None and now >= self._pause.not_before:
-            self._learn(now, self._learn_from)
-        if unpaced and self._rate is not None:
-            # Booked before a rate was learned (during the pause): take a paced start.
+        if now >= self._pause.not_before:
+            if self._window_from is not None:
+                self._learn_window(now, *self._window_from)
+            elif self._learn_from is not None:
+                self._learn(now, self._learn_from)
+        if self._pause.rules != rules:
+            # Booked before a rate or window was learned: take a start by the new rules.
             waited += await super().acquire()
             now = time.monotonic()
         if now >= self._next_mark:
@@ -523,6 +585,41 @@ class AdaptiveRateLimit(_Booking):
         accepted = (self._sent - first[1]) - (self._refused - first[2])
         if accepted >= _MIN_SAMPLES:
             self._set_rate(0.95 * accepted, now)
+            self._pause.rules += 1
+            if self._noise >= _MIN_NOISE:
+                self._check_at = now  # checked once a measuring span has passed
+
+    def _learn_window(self, now: float, refused: float, retry_after: float) -> None:
+        """Learn the server's window from a 429 that came at *refused* asking to wait
+        *retry_after* seconds (called once that wait is over, so that every attempt
+        accepted before the 429 has been answered).
+
+        A sliding window frees its first place when its oldest start leaves it: that
+        start is the first after a gap of at least *retry_after* (the one before it
+        had left already). The window holds what was accepted since.
+        """
+        self._window_from = None
+        starts = sorted(t for t in self._accepted if t <= refused)
+        if not starts:
+            return
+        oldest = len(starts) - 1
+        while oldest > 0 and starts[oldest] - starts[oldest - 1] < retry_after:
+            oldest -= 1
+        count = len(starts) - oldest
+        per = refused + retry_after - starts[oldest]
+        if self.max_rate is not None:
+            count = max(1, min(count, math.floor(self.max_rate * per)))
+        window = RateLimit(count, per=per, burst=count)
+        window._pause = self._pause  # a pause holds the window's callers too
+        window._resume_paced = False
+        for started in starts[oldest:]:
+            window._record(started)  # the starts it holds count against the next ones
+        self._window = window
+        self._pause.rules += 1
+        self._rate = count / per
+        self._learn_from = self._check_at = None
+        self._evidence = Evidence()
+        self._last_cut = now
 
     def _set_rate(self, rate: float, now: float) -> None:
         # What was seen at the old rate says nothing about the new one.
@@ -532,6 +629,8 @@ class AdaptiveRateLimit(_Booking):
         self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
 
     def _book(self, now: float) -> float:
+        if self._window is not None:
+            return self._window._book(now)
         slot = max(now, self._pause.not_before)
         if self._rate is None:
             if slot > now:
@@ -546,7 +645,9 @@ class AdaptiveRateLimit(_Booking):
         return slot
 
     def _cancel(self, slot: float) -> None:
-        if self._rate is not None and math.isclose(self._tat, slot + 1.0 / self._rate):
+        if self._window is not None:
+            self._window._cancel(slot)
+        elif self._rate is not None and math.isclose(self._tat, slot + 1.0 / self._rate):
             self._tat = slot
 
     def _mark(self, now: float) -> None:
@@ -575,6 +676,11 @@ class AdaptiveRateLimit(_Booking):
                 return count / took, (count - (self._refused - refused)) / took
         return 0.0, 0.0
 
+    def _refused_share(self, now: float) -> float:
+        """The share of the attempts sent lately that were refused."""
+        sent, accepted = self._last_second(now)
+        return 0.0 if sent <= 0 else 1.0 - accepted / sent
+
     async def on_success(self, started: float) -> None:
         """End a run of 429s; recover or probe the rate while it holds callers back."""
         self._succeeded(started)
@@ -583,19 +689,31 @@ class AdaptiveRateLimit(_Booking):
         """:meth:`on_success` without a coroutine (the client calls it directly)."""
         self._pause.streak = 0
         self._evidence.add(False)
+        self._accepted.append(started)
         rate = self._rate
-        if rate is None:
+        if rate is None or self._window is not None:
             return
         now = time.monotonic()
         elapsed = now - self._grown
         if elapsed < _MARK_EVERY:
             return
         self._grown = now
+        if self._check_at is not None and now - self._check_at >= self._measure_span(now):
+            self._check_learned(now)
+            return
         elapsed = min(elapsed, 1.0)
         if now - self._held > 1.0 or self._last_second(now)[0] < 0.9 * rate:
             return  # the limiter is not what holds callers back: nothing to learn
         rate += max(_MIN_STEP, _STEP * rate) * elapsed
         self._rate = rate if self.max_rate is None else min(rate, self.max_rate)
+
+    def _check_learned(self, now: float) -> None:
+        """A measuring span after a rate was learned: 429s still coming at the
+        background's share were not a limit, so the rate is dropped."""
+        self._check_at = None
+        if self._refused_share(now) >= 0.5 * self._noise:
+            self._rate = None if self.start is None else float(self.start)
+            self._evidence = Evidence()
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
         """When 429s show a limit: pause everyone, and learn or cut the rate.
@@ -604,13 +722,36 @@ class AdaptiveRateLimit(_Booking):
         """
         now = time.monotonic()
         self._refused += 1
+        if retry_after is not None and retry_after >= _LONG_RETRY_AFTER and self._accepted:
+            if self._window_from is None:
+                self._window_from = (now, retry_after)  # learned once the pause is over
+            self._learn_from = None
+            return self._pause.extend(retry_after, now, started)
+        if self._window is not None:
+            return 0.0  # not the window's: the number in flight, or the odd one
+        if self._rate is None and not self._evidence.shows_limit():
+            self._noise = self._evidence.share  # before any limit: the background
         self._evidence.add(True)
         # While the pace is what holds callers back, a 429 is the pace's: it is
         # measured again (at most once per measuring span, so odd 429s cost little).
         limit = self._evidence.shows_limit()
         paced = self._rate is not None and now - self._held <= 1.0
-        if not (limit or (paced and now - self._last_cut >= self._measure_span(now))):
+        if paced:
+            paced = now - self._last_cut >= self._measure_span(now) and (
+                self._refused_share(now) > 2 * self._noise
+            )
+        if not (limit or paced):
             return 0.0
+        self._adjust(now, started)
+        if not limit:
+            return 0.0  # a slower pace is enough: no one else waits for this one
+        pause = self._pause.extend(retry_after, now, started)
+        self._tat = max(self._tat, self._pause.not_before)
+        self._grown = max(self._grown, self._pause.not_before)
+        return pause
+
+    def _adjust(self, now: float, started: float) -> None:
+        """Learn the rate (once the pause is over), or cut it to what was accepted."""
         rate = self._rate
         if rate is None:
             if self._learn_from is None:
@@ -625,9 +766,3 @@ class AdaptiveRateLimit(_Booking):
                 self._set_rate(rate * self.decrease, now)
             # No probing for a measuring span: the refusal said where the limit is.
             self._grown = max(self._grown, now + self._measure_span(now))
-        if not limit:
-            return 0.0  # a slower pace is enough: no one else waits for this one
-        pause = self._pause.extend(retry_after, now, started)
-        self._tat = max(self._tat, self._pause.not_before)
-        self._grown = max(self._grown, self._pause.not_before)
-        return pause
