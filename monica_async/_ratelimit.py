@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import math
 import random
 import time
@@ -58,6 +59,12 @@ _LONG_RETRY_AFTER: Final = 2.0
 _WINDOW_LOG: Final = 2000
 #: Background shares of 429s below this are no background.
 _MIN_NOISE: Final = 0.02
+#: A window whose length the server does not tell: each probe comes this much later
+#: than the last refused one (counted from the window's oldest start), so the length
+#: found is at most that much too long; callers start this many seconds apart
+#: meanwhile (a refusal comes back at once and pauses the next).
+_PROBE_GROWTH: Final = 1.25
+_PROBE_SPACING: Final = 1.0
 MAX_MARGIN: Final = 0.5
 #: Seconds a start of a burst is counted to take to reach the server (10x what was
 #: measured on loopback), for the default burst.
@@ -105,9 +112,25 @@ class _Pause:
     epoch: int = 0
     streak: int = 0
     #: Bumped when the limiter's rules change (a rate or window learned): slots
-    #: booked before are void, their callers book again.
+    #: booked before are void, their callers wake and book again.
     rules: int = 0
     _since: float = -math.inf
+    _renewed: asyncio.Event | None = None
+
+    def renew(self) -> None:
+        """Void every slot booked so far: its sleeping caller wakes and books again."""
+        self.rules += 1
+        if self._renewed is not None:
+            self._renewed.set()
+            self._renewed = None
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep *delay* seconds, or less if the rules are renewed meanwhile."""
+        if self._renewed is None:
+            self._renewed = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._renewed.wait()
 
     def extend(self, retry_after: float | None, now: float, started: float) -> float:
         """Move the pause to at least *retry_after* (or a growing default) from now.
@@ -155,7 +178,7 @@ class _Booking:
             if slot <= now:
                 return now - began
             try:
-                await asyncio.sleep(slot - now)
+                await self._sleep(slot - now)
             except BaseException:
                 self._cancel(slot)
                 raise
@@ -165,6 +188,10 @@ class _Booking:
             # A 429 paused everyone while we slept (or the rules changed): give the slot
             # back and queue again.
             self._cancel(slot)
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep until a booked slot (a limiter whose rules change wakes sleepers)."""
+        await asyncio.sleep(delay)
 
     def _try_acquire(self) -> bool:
         """Let one attempt start if it may start now; tell whether it did.
@@ -498,6 +525,12 @@ class AdaptiveRateLimit(_Booking):
     _window_from: tuple[float, float] | None = attrs.field(init=False, default=None)
     _noise: float = attrs.field(init=False, default=0.0)
     _check_at: float | None = attrs.field(init=False, default=None)
+    # A window the server never told (no Retry-After): its size, and what refusals
+    # and acceptances showed of its length, [longer than, at most].
+    _count: int = attrs.field(init=False, default=0)
+    _bounds: list[float] | None = attrs.field(init=False, default=None)
+    # When a rate was learned, and whether anything was accepted since.
+    _learned_at: float | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         for name in ("start", "max_rate"):
@@ -522,6 +555,10 @@ class AdaptiveRateLimit(_Booking):
         """The current rate in requests per second (``None``: unlimited)."""
         return self._rate
 
+    async def _sleep(self, delay: float) -> None:
+        # A rate or window learned meanwhile voids the slot: wake and book again.
+        await self._pause.sleep(delay)
+
     @property
     def window(self) -> tuple[int, float] | None:
         """The window learned from the server, as ``(requests, seconds)`` (``None``: none)."""
@@ -539,7 +576,7 @@ class AdaptiveRateLimit(_Booking):
         No rate and no pause is the hot path of a batch: the client calls this
         before :meth:`acquire` to spare a coroutine per attempt.
         """
-        if self._rate is None and self._learn_from is None:
+        if self._rate is None and self._learn_from is None and self._window is None:
             now = time.monotonic()
             if now >= self._pause.not_before:
                 if now >= self._next_mark:
@@ -552,8 +589,8 @@ class AdaptiveRateLimit(_Booking):
         """Wait until one more attempt may start; return the seconds waited."""
         if self._try_acquire():
             return 0.0
-        rules = self._pause.rules
         waited = await super().acquire()
+        rules = self._pause.rules
         now = time.monotonic()
         if now >= self._pause.not_before:
             if self._window_from is not None:
@@ -561,7 +598,7 @@ class AdaptiveRateLimit(_Booking):
             elif self._learn_from is not None:
                 self._learn(now, self._learn_from)
         if self._pause.rules != rules:
-            # Booked before a rate or window was learned: take a start by the new rules.
+            # Booked before the rate or window it just learned: take a start by them.
             waited += await super().acquire()
             now = time.monotonic()
         if now >= self._next_mark:
@@ -585,7 +622,8 @@ class AdaptiveRateLimit(_Booking):
         accepted = (self._sent - first[1]) - (self._refused - first[2])
         if accepted >= _MIN_SAMPLES:
             self._set_rate(0.95 * accepted, now)
-            self._pause.rules += 1
+            self._pause.renew()
+            self._learned_at = now
             if self._noise >= _MIN_NOISE:
                 self._check_at = now  # checked once a measuring span has passed
 
@@ -615,11 +653,86 @@ class AdaptiveRateLimit(_Booking):
         for started in starts[oldest:]:
             window._record(started)  # the starts it holds count against the next ones
         self._window = window
-        self._pause.rules += 1
+        self._pause.renew()
         self._rate = count / per
-        self._learn_from = self._check_at = None
+        self._bounds = self._learn_from = self._check_at = self._learned_at = None
         self._evidence = Evidence()
         self._last_cut = now
+
+    def _search_window(self, now: float) -> float:
+        """Start timing a window the server does not tell (a rate learned from 429s
+        let nothing through: the window is longer than the pause was). Its size is
+        what was accepted since the last quiet gap; its length is found by probing,
+        one start at a time, a quarter later each time, until one is accepted.
+
+        Returns:
+            The pause until the first probe, in seconds from now.
+        """
+        starts = sorted(self._accepted)
+        quiet = now - starts[-1]
+        oldest = len(starts) - 1
+        while oldest > 0 and starts[oldest] - starts[oldest - 1] < quiet:
+            oldest -= 1
+        self._count = len(starts) - oldest
+        self._bounds = [now - starts[oldest], math.inf]
+        self._learned_at = self._learn_from = self._check_at = None
+        return self._rewindow(now, starts[oldest])
+
+    def _oldest_held(self, before: float) -> float | None:
+        """The start a window of the learned size holds longest at *before*: the
+        ``count``-th latest accepted start before it."""
+        starts = sorted(t for t in self._accepted if t < before)
+        return starts[-self._count] if len(starts) >= self._count else None
+
+    def _bound_window(self, now: float, started: float, accepted: bool) -> float:
+        """Narrow the unknown window's length from an attempt started at *started*: a
+        refusal shows it longer than the time since the oldest start the window held,
+        an acceptance no longer. Returns the pause a refusal calls for (0 if none)."""
+        bounds = self._bounds
+        assert bounds is not None
+        oldest = self._oldest_held(started)
+        if oldest is None:
+            return 0.0
+        low, high = bounds
+        if accepted:
+            if started - oldest >= high:
+                return 0.0
+            bounds[1] = started - oldest
+            self._rewindow(now, None)
+            return 0.0
+        if started - oldest >= high:
+            return 0.0  # the window had let its oldest start go: not the window's 429
+        bounds[0] = max(low, started - oldest)
+        return self._rewindow(now, oldest)
+
+    def _rewindow(self, now: float, oldest: float | None) -> float:
+        """Keep to the unknown window as now bounded: one probe at a time while no
+        acceptance bounded it, else its upper bound. After a refusal (*oldest*: the
+        start it ran into), everyone waits until the next try."""
+        low, high = self._bounds or (0.0, 0.0)
+        if math.isinf(high):
+            count, per, until = 1, _PROBE_SPACING, low * _PROBE_GROWTH
+        else:
+            count, per, until = self._count, high, high
+        window = RateLimit(count, per=per, burst=count)
+        window._pause = self._pause
+        window._resume_paced = False
+        # Every start of the last window counts, those still in flight included (not
+        # the slots booked ahead: the renewal below voids them).
+        held = set(self._accepted)
+        if self._window is not None:
+            held.update(self._window._log)
+        since = now - per - window.effective_margin
+        for started in sorted(t for t in held if since < t <= now):
+            window._record(started)
+        self._window = window
+        # What the window allows on average (an estimate while it is probed).
+        self._rate = self._count / (high if not math.isinf(high) else until)
+        self._evidence = Evidence()
+        self._pause.renew()
+        if oldest is None:
+            return 0.0
+        return self._pause.extend(max(0.0, oldest + until - now), now, now)
 
     def _set_rate(self, rate: float, now: float) -> None:
         # What was seen at the old rate says nothing about the new one.
@@ -690,6 +803,11 @@ class AdaptiveRateLimit(_Booking):
         self._pause.streak = 0
         self._evidence.add(False)
         self._accepted.append(started)
+        if self._learned_at is not None and started >= self._learned_at:
+            self._learned_at = None  # the rate learned let attempts through
+        if self._bounds is not None:
+            self._bound_window(time.monotonic(), started, accepted=True)
+            return
         rate = self._rate
         if rate is None or self._window is not None:
             return
@@ -727,6 +845,8 @@ class AdaptiveRateLimit(_Booking):
                 self._window_from = (now, retry_after)  # learned once the pause is over
             self._learn_from = None
             return self._pause.extend(retry_after, now, started)
+        if self._bounds is not None:
+            return self._bound_window(now, started, accepted=False)
         if self._window is not None:
             return 0.0  # not the window's: the number in flight, or the odd one
         if self._rate is None and not self._evidence.shows_limit():
@@ -742,6 +862,9 @@ class AdaptiveRateLimit(_Booking):
             )
         if not (limit or paced):
             return 0.0
+        if limit and self._learned_at is not None and started >= self._learned_at:
+            # Nothing got through at the rate learned: a window longer than the pause.
+            return self._search_window(now)
         self._adjust(now, started)
         if not limit:
             return 0.0  # a slower pace is enough: no one else waits for this one
