@@ -63,7 +63,7 @@ _MIN_NOISE: Final = 0.02
 #: than the last refused one (counted from the window's oldest start), so the length
 #: found is at most that much too long; callers start this many seconds apart
 #: meanwhile (a refusal comes back at once and pauses the next).
-_PROBE_GROWTH: Final = 1.25
+_PROBE_GROWTH: Final = 1.2
 _PROBE_SPACING: Final = 1.0
 MAX_MARGIN: Final = 0.5
 #: Seconds a start of a burst is counted to take to reach the server (10x what was
@@ -214,8 +214,9 @@ class _Booking:
 
 
 def default_burst(requests: int, margin: float, spread: float = START_SPREAD) -> int:
-    """The starts a window's *margin* absorbs when they leave *spread* seconds apart."""
-    return max(1, min(requests, int(margin / spread + 1e-9)))
+    """The whole allowance when a window's *margin* absorbs it (starts leaving *spread*
+    seconds apart), else 1: slow limits start their allowance at once, fast ones pace."""
+    return requests if requests * spread <= margin + 1e-9 else 1
 
 
 def _check_positive(name: str, value: object, *, integer: bool = False) -> None:
@@ -239,9 +240,10 @@ class RateLimit(_Booking):
     What counts is what the server sees. Starts sent back to back reach the server
     spread out by connection set-up and by the server working through them one by
     one (measured on loopback: a burst of 100 arrived over 40 ms, enough to put 112
-    attempts in one of the server's 1 s windows), so the default burst is what the
-    margin absorbs, counting 5 ms a start: the whole allowance for windows of
-    several seconds (10 per minute: 10 at once), 3 at a time for per-second limits.
+    attempts in one of the server's 1 s windows), so by default starts are evenly
+    spaced, unless the margin absorbs the whole allowance counting 5 ms a start:
+    then it starts at once (10 per minute: 10 at once; limits of 2 per second or
+    less on average).
 
     A 429 pauses every caller (for its ``Retry-After``) when the 429s show a limit
     (:class:`Evidence`: 15% of the last 100 outcomes, or four in a row); the odd 429
@@ -251,8 +253,8 @@ class RateLimit(_Booking):
         requests: Attempts allowed per window.
         per: Window length in seconds.
         burst: Attempts that may start back to back. Up to *requests*; large
-            bursts want a larger *margin*. Default: ``margin / 5 ms`` within 1 and
-            *requests*.
+            bursts want a larger *margin*. Default: *requests* when
+            ``requests * 5 ms <= margin``, else 1 (evenly spaced).
         margin: Seconds added to every window so that network jitter cannot
             squeeze more than *requests* into one window at the server. Default:
             1% of *per*, at least 15 ms and at most 0.5 s; the steady rate is
@@ -529,8 +531,10 @@ class AdaptiveRateLimit(_Booking):
     # and acceptances showed of its length, [longer than, at most].
     _count: int = attrs.field(init=False, default=0)
     _bounds: list[float] | None = attrs.field(init=False, default=None)
-    # When a rate was learned, and whether anything was accepted since.
+    # When a rate was learned from 429s, and the counters then: if every attempt
+    # sent since was refused, the window is longer than the pause was.
     _learned_at: float | None = attrs.field(init=False, default=None)
+    _learned_counts: tuple[int, int] = attrs.field(init=False, default=(0, 0))
 
     def __attrs_post_init__(self) -> None:
         for name in ("start", "max_rate"):
@@ -624,6 +628,7 @@ class AdaptiveRateLimit(_Booking):
             self._set_rate(0.95 * accepted, now)
             self._pause.renew()
             self._learned_at = now
+            self._learned_counts = (self._sent, self._refused)
             if self._noise >= _MIN_NOISE:
                 self._check_at = now  # checked once a measuring span has passed
 
@@ -663,7 +668,7 @@ class AdaptiveRateLimit(_Booking):
         """Start timing a window the server does not tell (a rate learned from 429s
         let nothing through: the window is longer than the pause was). Its size is
         what was accepted since the last quiet gap; its length is found by probing,
-        one start at a time, a quarter later each time, until one is accepted.
+        one start at a time, a fifth later each time, until one is accepted.
 
         Returns:
             The pause until the first probe, in seconds from now.
@@ -677,6 +682,13 @@ class AdaptiveRateLimit(_Booking):
         self._bounds = [now - starts[oldest], math.inf]
         self._learned_at = self._learn_from = self._check_at = None
         return self._rewindow(now, starts[oldest])
+
+    def _all_refused_since_learning(self) -> bool:
+        if self._learned_at is None:
+            return False
+        sent, refused = self._learned_counts
+        since = self._sent - sent
+        return since >= 2 and since == self._refused - refused
 
     def _oldest_held(self, before: float) -> float | None:
         """The start a window of the learned size holds longest at *before*: the
@@ -803,8 +815,6 @@ class AdaptiveRateLimit(_Booking):
         self._pause.streak = 0
         self._evidence.add(False)
         self._accepted.append(started)
-        if self._learned_at is not None and started >= self._learned_at:
-            self._learned_at = None  # the rate learned let attempts through
         if self._bounds is not None:
             self._bound_window(time.monotonic(), started, accepted=True)
             return
@@ -852,6 +862,9 @@ class AdaptiveRateLimit(_Booking):
         if self._rate is None and not self._evidence.shows_limit():
             self._noise = self._evidence.share  # before any limit: the background
         self._evidence.add(True)
+        if self._all_refused_since_learning() and self._accepted:
+            # Nothing got through at the rate learned: a window longer than the pause.
+            return self._search_window(now)
         # While the pace is what holds callers back, a 429 is the pace's: it is
         # measured again (at most once per measuring span, so odd 429s cost little).
         limit = self._evidence.shows_limit()
@@ -862,9 +875,6 @@ class AdaptiveRateLimit(_Booking):
             )
         if not (limit or paced):
             return 0.0
-        if limit and self._learned_at is not None and started >= self._learned_at:
-            # Nothing got through at the rate learned: a window longer than the pause.
-            return self._search_window(now)
         self._adjust(now, started)
         if not limit:
             return 0.0  # a slower pace is enough: no one else waits for this one

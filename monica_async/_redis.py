@@ -279,9 +279,9 @@ class RedisRateLimit:
         requests: Attempts allowed per window, across all sharers.
         per: Window length in seconds.
         burst: Attempts that may start back to back; as for :class:`RateLimit`,
-            by default what the margin absorbs at 10 ms a start (a shared limit's
-            starts come from several processes): 5 at once for a per-second limit,
-            the whole allowance for one per minute.
+            counting 10 ms a start (a shared limit's starts come from several
+            processes): the whole allowance of 10 per minute at once, a
+            per-second limit evenly spaced.
         margin: Seconds added to every window so that network jitter cannot squeeze
             more than *requests* into one window at the server. Default: 1% of
             *per*, at least 50 ms (wider than :class:`RateLimit`'s 15 ms, for the

@@ -122,12 +122,12 @@ def test_default_margin_is_one_percent_within_bounds(per: float, margin: float) 
     assert RateLimit(10, per=per).effective_margin == pytest.approx(margin)
 
 
-def test_by_default_a_per_second_limit_starts_three_then_paces() -> None:
-    """Without a burst, a 1 s window's 15 ms margin absorbs 3 starts at once (5 ms
-    each); the next ones are spaced per / requests apart."""
+def test_by_default_a_per_second_limit_is_evenly_paced() -> None:
+    """Without a burst, a 1 s window's 15 ms margin cannot absorb 5 starts at once
+    (5 ms each): starts are spaced per / requests apart from the first one on."""
     limit = RateLimit(5, per=1.0)
-    slots = book_all(limit, [0.0] * 5)
-    assert (3, slots) == (limit.effective_burst, pytest.approx([0.0, 0.0, 0.0, 0.2, 0.4]))
+    slots = book_all(limit, [0.0] * 3)
+    assert (1, slots) == (limit.effective_burst, pytest.approx([0.0, 0.2, 0.4]))
 
 
 @pytest.mark.parametrize(("requests", "per"), [(10, 60.0), (10, 12.0)])
@@ -263,7 +263,7 @@ def test_settings_are_read_only_once_built() -> None:
 def test_repr_shows_the_effective_settings() -> None:
     """repr() shows what the limiter really does, defaults resolved."""
     assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=60, margin=0.5)"
-    assert repr(RateLimit(30)) == "RateLimit(30, per=1.0, burst=3, margin=0.015)"
+    assert repr(RateLimit(30)) == "RateLimit(30, per=1.0, burst=1, margin=0.015)"
 
 
 class TestAdaptive:
