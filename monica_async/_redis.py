@@ -335,8 +335,8 @@ class RedisRateLimit:
     _errors: tuple[type[BaseException], ...] = attrs.field(init=False)
     _pool_full: type[BaseException] = attrs.field(init=False)
     _connections: asyncio.Semaphore = attrs.field(init=False)
-    # Callers of this process whose slot would be over a window ahead, first come first
-    # served: only the first of them asks Redis (when the next slot nears).
+    # Callers of this process waiting to book, first come first served: only the first
+    # of them asks Redis (when a slot is over a window ahead, again as the next nears).
     _queue: asyncio.Lock = attrs.field(init=False, factory=asyncio.Lock)
     _members: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     _closed: bool = attrs.field(init=False, default=False)
@@ -506,17 +506,15 @@ class RedisRateLimit:
         return time.monotonic() - began
 
     async def _book(self) -> _Slot:
-        """Book a slot in Redis. A slot over a window ahead is not booked: the caller
-        then queues behind the others of this process that wait for one, and the
-        first of them asks Redis again when the next slot is a window ahead.
+        """Book a slot in Redis, one caller of this process at a time, first come first
+        served. A slot over a window ahead is not booked: the caller keeps its turn and
+        asks Redis again when the next slot nears, the others waiting behind it (so
+        hundreds of callers never storm Redis, nor delay the confirmations of the
+        callers about to start).
 
         Raises:
             _Unavailable: Redis could not be used.
         """
-        if not self._queue.locked():
-            slot = await self._book_once()
-            if slot.member:
-                return slot
         async with self._queue:
             while True:
                 slot = await self._book_once()

@@ -123,7 +123,7 @@ REDUCED = (
     "AdaptiveRateLimit(start=45), auto, 5% drops, 20-80 ms",
     "AdaptiveRateLimit(start=45), fixed 16, 30/s, 2-4 s",
     "RedisRateLimit(30) x3, auto, 30/s, 2-4 s",
-    "RedisRateLimit(30) x3, fixed 16, 5% drops, 20-80 ms",
+    "RedisRateLimit(30) x3, fixed 16, 5% 429s, 20-80 ms",
     "RedisRateLimit(30) x3, auto, Redis outage, 20-80 ms",
 )
 
@@ -140,3 +140,19 @@ def test_combination(scenario: Scenario) -> None:
     verdict = run(scenario)
     assert [] == verdict.problems()
     assert verdict.inputs > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a request resent at once on a fresh connection, because the kept-alive one "
+    "it went out on was closed before any answer, is not counted by the rate limiter: "
+    "a dropped connection looks the same, so the server sees the resend on top of the "
+    "limit (34 in a second under RateLimit(30)); the attempt path has to book it",
+)
+def test_dropped_connections_keep_the_window() -> None:
+    """5% of connections dropped after the latency, RateLimit(30), 16 in flight: the
+    server still sees at most 30 attempts in any second."""
+    server = ("--latency", "0.02,0.08", "--fault-rate", "0.05", "--faults", "drop")
+    client = {"limiter": "ratelimit", "requests": RATE, "concurrency": 16}
+    verdict = run(Scenario(label="drops", server=server, client=client, seconds=6.0, bound=RATE))
+    assert [] == verdict.problems()
