@@ -49,15 +49,20 @@ class FakeServer:
 
     Args:
         options: Extra command-line options, e.g. ``["--latency", "0.05"]``.
+        program: What to run instead of ``-m monica_async.testing`` (a script that
+            takes the same options).
     """
 
-    def __init__(self, *options: str) -> None:
+    def __init__(
+        self, *options: str, program: Sequence[str] = ("-m", "monica_async.testing")
+    ) -> None:
         self.options = list(options)
+        self.program = list(program)
         self.base_url = ""
         self._process: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Self:
-        argv = [sys.executable, "-m", "monica_async.testing", "--port", "0", "--no-images"]
+        argv = [sys.executable, *self.program, "--port", "0", "--no-images"]
         argv += ["--api-key", API_KEY, "--seed", "1", *self.options]
         self._process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True

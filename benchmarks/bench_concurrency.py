@@ -16,8 +16,15 @@ concurrency cap Cs and mean latency L; "429/ok" is 429s per accepted request, as
 the server counted them. A contender still running at three times the ideal is
 stopped, and its efficiency is taken over what it finished.
 
-A last scenario injects 5% random 429s (``--faults http_429``) with no binding
-limit: the default client against one with a non-binding ``RateLimit``.
+A scenario injects 5% random 429s (``--faults http_429``) with no binding limit:
+the default client against one with a non-binding ``RateLimit``.
+
+The last ones play Monica's documented limits, time-scaled 5x (10 per 12 s sliding
+window, 8 in flight, 0.4-0.8 s per call): the default client on 60 inputs with and
+without ``Retry-After``, on a raised key (60 per 12 s, 24 in flight, 200 inputs), the
+limits stated with ``Limits``, and ``RateLimit(10, per=12)`` on 8 inputs of a fresh
+window. Ideal there: ``(ceil(n / requests) - 1) * per + 0.8 s`` (every window's
+allowance at once, the last call at the slowest latency).
 
     python -m benchmarks --only concurrency
 """
@@ -34,9 +41,11 @@ from typing import Any
 
 import aiohttp
 
+import monica_async
 from monica_async import MonicaClient, RateLimit
 
 from ._common import API_KEY, FakeServer, Json, Table, images, side_by_side
+from ._scenarios import Scenario, run_scenario
 from .bench_throughput import HEADERS, _body
 
 NAME = "concurrency"
@@ -234,7 +243,7 @@ def run(quick: bool) -> Json:
             results = side_by_side(measure, [(n, s) for n in names])
             rows.append({**s, "results": dict(zip(names, results, strict=True))})
     faults = _random_429s(quick)
-    return {"rows": rows, "random_429s": faults}
+    return {"rows": rows, "random_429s": faults, "documented": documented_limits(quick)}
 
 
 def _random_429s(quick: bool) -> Json:
@@ -263,6 +272,109 @@ def _random_429s(quick: bool) -> Json:
     }
 
 
+#: Monica's documented default limits per key, time-scaled 5x: 10 per 60 s becomes 10
+#: per 12 s; 8 in flight; a call takes 0.4-0.8 s.
+DOCUMENTED = {"requests": 10, "per": 12.0, "in_flight": 8, "latency": "0.4,0.8", "slowest": 0.8}
+#: A key whose limits were raised: 60 per 12 s, 24 in flight.
+RAISED = {**DOCUMENTED, "requests": 60, "in_flight": 24}
+
+
+def _documented_case(label: str, key: Json, images: int, client: Json, **extra: Any) -> Scenario:
+    server = ("--rate-limit", f"{key['requests']}/{key['per']:g}s")
+    server += ("--max-concurrency", str(key["in_flight"]), "--latency", key["latency"])
+    return Scenario(
+        label=label, server=server, client=client, images=images, deadline=300.0, **extra
+    )
+
+
+def documented_cases(quick: bool) -> list[tuple[Scenario, Json]]:
+    """The documented-limit scenarios and the key each one plays."""
+    n, raised_n = (30, 120) if quick else (60, 200)
+    stated = {"rate": f"{DOCUMENTED['requests']}/{DOCUMENTED['per']:g}s", "in_flight": 8}
+    cases = [
+        (
+            _documented_case(f"documented limits, {n} inputs, defaults", DOCUMENTED, n, {}),
+            DOCUMENTED,
+        ),
+        (
+            _documented_case("same, no Retry-After", DOCUMENTED, n, {}, retry_after=False),
+            DOCUMENTED,
+        ),
+        (
+            _documented_case(
+                f"raised key (60 per 12 s, 24 in flight), {raised_n} inputs, defaults",
+                RAISED,
+                raised_n,
+                {},
+            ),
+            RAISED,
+        ),
+        (
+            _documented_case(
+                "RateLimit(10, per=12), 8 inputs, fresh window",
+                DOCUMENTED,
+                8,
+                {"limiter": "ratelimit", "requests": 10, "per": 12.0},
+            ),
+            DOCUMENTED,
+        ),
+    ]
+    if hasattr(monica_async, "Limits"):
+        cases.insert(
+            2,
+            (
+                _documented_case(
+                    f"documented limits, {n} inputs, Limits(rate='10/12s', in_flight=8)",
+                    DOCUMENTED,
+                    n,
+                    {"limits": stated},
+                ),
+                DOCUMENTED,
+            ),
+        )
+    return cases
+
+
+def documented_limits(quick: bool) -> list[Json]:
+    """Efficiency and 429s per accepted request against Monica's documented limits."""
+    rows = []
+    for s, key in documented_cases(quick):
+        verdict = run_scenario(s)
+        windows = math.ceil(verdict.inputs / key["requests"])
+        ideal = (windows - 1) * key["per"] + key["slowest"]
+        rows.append(
+            {
+                "label": s.label,
+                "inputs": verdict.inputs,
+                "failed": verdict.failed,
+                "wall": verdict.wall,
+                "ideal": ideal,
+                "efficiency": ideal / verdict.wall,
+                "per_accepted_429": verdict.refused_per_accepted,
+                "problems": verdict.problems(),
+            }
+        )
+    return rows
+
+
+def documented_table(rows: list[Json]) -> str:
+    """The documented-limit scenarios as a table."""
+    out = Table(
+        "Monica's documented limits, time-scaled 5x (10 per 12 s, 8 in flight, 0.4-0.8 s)",
+        ["case", "wall s", "ideal s", "efficiency", "429/ok", "failed"],
+    )
+    for row in rows:
+        out.add(
+            row["label"],
+            row["wall"],
+            row["ideal"],
+            row["efficiency"],
+            row["per_accepted_429"],
+            row["failed"],
+        )
+    return out.render()
+
+
 def table(result: Json) -> str:
     """Render :func:`run`'s result: efficiency and 429s per accepted, side by side."""
     names = list(CONTENDERS)
@@ -282,4 +394,22 @@ def table(result: Json) -> str:
         f"{faults['default_wall']:.1f} s, RateLimit(1000) {faults['ratelimit_wall']:.1f} s, "
         f"ratio {faults['ratio']:.2f}"
     )
-    return out.render()
+    return out.render() + "\n\n" + documented_table(result["documented"])
+
+
+def main() -> None:
+    """``python -m benchmarks.bench_concurrency --documented [--quick]``: those rows only."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documented", action="store_true", help="only the documented limits")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.documented:
+        print(documented_table(documented_limits(args.quick)))
+    else:
+        print(table(run(args.quick)))
+
+
+if __name__ == "__main__":
+    main()

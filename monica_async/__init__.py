@@ -10,7 +10,7 @@ Quick start::
 """
 
 from ._client import MonicaClient
-from ._config import USE_CLIENT_DEFAULT, RetryPolicy
+from ._config import USE_CLIENT_DEFAULT, Limits, RetryPolicy
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -55,6 +55,7 @@ __all__ = [
     "ConflictError",
     "InternalServerError",
     "InvalidRequestError",
+    "Limits",
     "MonicaClient",
     "MonicaError",
     "NotFoundError",

@@ -22,7 +22,7 @@ import attrs
 from . import _download, _redact, _retry, _storage, _telemetry
 from ._admission import Admission
 from ._batch import run_batch
-from ._concurrency import AutoConcurrency, limiter_rate
+from ._concurrency import AutoConcurrency, limiter_burst, limiter_rate
 from ._config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -32,6 +32,7 @@ from ._config import (
     MAX_AUTO_CONCURRENCY,
     UPSCALE_PATH,
     USE_CLIENT_DEFAULT,
+    Limits,
     RetryPolicy,
     UseClientDefault,
     resolve_api_key,
@@ -50,7 +51,7 @@ from ._http import (
     status_error,
 )
 from ._models import Outcome, UpscaleResult, result_from_answer
-from ._ratelimit import AdaptiveRateLimit, RateLimiter
+from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from ._stats import ClientStats, StatsRecorder
 from ._transport import Answer, post_json
 from ._validation import is_loopback_host, validate_image_url, validate_scale
@@ -64,6 +65,37 @@ logger = logging.getLogger("monica_async")
 
 #: Inputs starting so are URLs, sent as they are; others may name an object or a file.
 _WEB_PREFIXES: Final = ("https://", "http://")
+
+
+def _check_limits(
+    limits: Limits | None, rate_limit: RateLimiter | None, max_concurrency: int | None
+) -> Limits:
+    """*limits* (or no limits), refused when another option states the same limit."""
+    if limits is None:
+        return Limits()
+    if not isinstance(limits, Limits):
+        raise InvalidRequestError(
+            f"limits must be a Limits such as Limits(rate='10/min', in_flight=8), got {limits!r}"
+        )
+    if limits.rate is not None and rate_limit is not None:
+        raise InvalidRequestError(
+            "give the rate once: limits=Limits(rate=...) or rate_limit=..., not both"
+        )
+    if limits.in_flight is not None and max_concurrency is not None:
+        raise InvalidRequestError(
+            "give the concurrency once: limits=Limits(in_flight=...) or max_concurrency=..., "
+            "not both"
+        )
+    return limits
+
+
+def _default_limiter(limits: Limits, rate_limit: RateLimiter | None) -> RateLimiter:
+    if rate_limit is not None:
+        return rate_limit
+    if limits.rate is not None:
+        requests, per = limits.rate
+        return RateLimit(requests, per=per)
+    return AdaptiveRateLimit()
 
 
 class _State(enum.Enum):
@@ -93,12 +125,18 @@ class MonicaClient:
         max_concurrency: Attempts in flight at once across every call of this
             client, single calls and batches alike. ``None`` (default): sized
             automatically from the limiter's rate and the latency observed, from
-            16 up to :data:`MAX_AUTO_CONCURRENCY` (256), lowered when the server
-            answers 429 to a high number in flight. An integer is a hard cap.
+            8 (what a new key allows) up to :data:`MAX_AUTO_CONCURRENCY` (256), or
+            to ``limits.in_flight``; lowered when the server answers 429 to a high
+            number in flight. An integer is a hard cap.
         rate_limit: A :class:`RateLimit`, :class:`AdaptiveRateLimit`,
-            :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: an
+            :class:`RedisRateLimit` or any :class:`RateLimiter`. Default: a
+            :class:`RateLimit` at ``limits.rate`` when given, else an
             :class:`AdaptiveRateLimit` with no limit until the server answers 429,
             then a shared pause and paced traffic.
+        limits: The key's limits (:class:`Limits`), such as
+            ``Limits(rate="10/min", in_flight=8)``: the one place to state them.
+            Its rate may not be given with *rate_limit*, nor its *in_flight* with
+            *max_concurrency*.
         session: An ``aiohttp.ClientSession`` to use; it is never closed by the client.
         headers: Extra headers for API calls.
         allow_insecure_http: Allow ``http://`` for hosts other than loopback.
@@ -125,6 +163,7 @@ class MonicaClient:
         retry: RetryPolicy | None = None,
         max_concurrency: int | None = None,
         rate_limit: RateLimiter | None = None,
+        limits: Limits | None = None,
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
         allow_insecure_http: bool = False,
@@ -141,7 +180,10 @@ class MonicaClient:
         self.timeout: aiohttp.ClientTimeout = resolve_timeout(timeout)
         self.retry: RetryPolicy = _checked_retry(retry)
         self.max_concurrency: int | None = _checked_max_concurrency(max_concurrency)
-        self.rate_limit: RateLimiter = _checked_rate_limit(rate_limit)
+        self.limits: Limits = _check_limits(limits, rate_limit, max_concurrency)
+        self.rate_limit: RateLimiter = _default_limiter(
+            self.limits, _checked_rate_limit(rate_limit)
+        )
         self.allow_insecure_http: bool = allow_insecure_http
         self.max_download_bytes: int = byte_limit("max_download_bytes", max_download_bytes)
         self._storage = _storage.Storage.configure(staging, stores)
@@ -155,7 +197,7 @@ class MonicaClient:
         self._state = _State.UNOPENED
         self._auto: AutoConcurrency | None = None
         if max_concurrency is None:
-            self._auto = _auto_concurrency(self.rate_limit)
+            self._auto = _auto_concurrency(self.rate_limit, self.limits)
             slots = self._auto.slots
         else:
             slots = Slots(max_concurrency)
@@ -640,10 +682,8 @@ def _checked_max_concurrency(value: int | None) -> int | None:
     return value
 
 
-def _checked_rate_limit(rate_limit: RateLimiter | None) -> RateLimiter:
-    if rate_limit is None:
-        return AdaptiveRateLimit()
-    if not isinstance(rate_limit, RateLimiter):
+def _checked_rate_limit(rate_limit: RateLimiter | None) -> RateLimiter | None:
+    if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
         raise InvalidRequestError(
             "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
             f"RateLimiter, got {rate_limit!r}"
@@ -673,13 +713,16 @@ def _api_headers(
     }
 
 
-def _auto_concurrency(limiter: RateLimiter) -> AutoConcurrency:
-    """The automatic concurrency target for a client whose limiter is *limiter*."""
+def _auto_concurrency(limiter: RateLimiter, limits: Limits) -> AutoConcurrency:
+    """The automatic concurrency target for a client whose limiter is *limiter*, within
+    the key's in-flight limit when *limits* states one."""
     rate = limiter_rate(limiter)
+    most = limits.in_flight or MAX_AUTO_CONCURRENCY
     return AutoConcurrency(
-        DEFAULT_MAX_CONCURRENCY,
-        MAX_AUTO_CONCURRENCY,
+        min(DEFAULT_MAX_CONCURRENCY, most),
+        most,
         rate,
         # A rate set by the user, not learned (a RedisRateLimit's, say).
         fixed_rate=not hasattr(limiter, "rate") and rate() is not None,
+        burst=limiter_burst(limiter),
     )

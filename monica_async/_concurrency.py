@@ -55,7 +55,7 @@ from typing import Final
 from ._flow import Slots
 from ._ratelimit import Evidence
 
-__all__ = ["AutoConcurrency", "Blame"]
+__all__ = ["AutoConcurrency", "Blame", "limiter_burst", "limiter_rate"]
 
 #: Seconds between two recomputations of the target.
 UPDATE_EVERY: Final = 0.1
@@ -78,6 +78,15 @@ _SLOW_START_RTT: Final = 1.0
 _MAX_PROBE_BACKOFF: Final = 16
 #: The recent median latency over the lowest one that counts as queueing (Vegas).
 _QUEUEING: Final = 2.0
+#: Starts at this share of the limiter's rate mean the limiter is what holds them back.
+_BINDING: Final = 0.8
+#: The start rate is measured over the last second, or over this many of the limiter's
+#: intervals at low rates (or its burst's), up to _RATE_SPAN_MAX seconds.
+_RATE_SPAN_STARTS: Final = 3.0
+_RATE_SPAN_MAX: Final = 120.0
+#: A refusal in a place a probe opened this recently (or within two round trips) is
+#: the probe's.
+_PROBE_WINDOW: Final = 0.5
 
 
 class Blame(enum.Enum):
@@ -99,6 +108,9 @@ class AutoConcurrency:
             when it has none.
         fixed_rate: The limiter's rate is set by the user (not learned): a 429
             that shows a limit is then put down to the number in flight.
+        burst: Returns how many starts the limiter lets through back to back: at
+            least that many places are kept, so that an allowance spent at once
+            can start at once.
     """
 
     def __init__(
@@ -108,6 +120,7 @@ class AutoConcurrency:
         rate: Callable[[], float | None],
         *,
         fixed_rate: bool = False,
+        burst: Callable[[], int] | None = None,
     ) -> None:
         self.limit = min(initial, max_limit)
         self.max_limit = max_limit
@@ -117,6 +130,7 @@ class AutoConcurrency:
         #: Called whenever the target grows (batches start workers).
         self.listeners: set[Callable[[], None]] = set()
         self._rate = rate
+        self._burst = burst or (lambda: 1)
         self._fixed_rate = fixed_rate
         self._evidence = Evidence()
         self._latencies: deque[float] = deque(maxlen=_SAMPLES)
@@ -125,7 +139,11 @@ class AutoConcurrency:
         self._demand = False
         self._slack = 1.0
         self._last_start = -math.inf
+        # Starts counted, and (time, count) snapshots at each update, for the start rate.
+        self._starts = 0
+        self._start_marks: deque[tuple[float, int]] = deque()
         self._high = 0
+        self._most_accepted = 0
         self._high_next = 0
         self._high_until = 0.0
         self._over_high = 0
@@ -138,6 +156,7 @@ class AutoConcurrency:
         self._lowest_median = math.inf
         self._cap_hit = -math.inf
         self._probed = -math.inf
+        self._probe_from: int | None = None
         self._probe_backoff = 1
 
     def __repr__(self) -> str:
@@ -149,7 +168,7 @@ class AutoConcurrency:
         The spare ones wait for a place; their wait is what shows that more would
         be used.
         """
-        return self.limit + max(2, self.limit // 8)
+        return 2 * self.limit
 
     def waiting(self) -> None:
         """A caller found no free place: demand exceeds the target."""
@@ -171,7 +190,9 @@ class AutoConcurrency:
         """An attempt was let through the limiter at *now* after *limiter_wait* seconds."""
         if self._first_start is None:
             self._first_start = now
+            self._start_marks.append((now, 0))
         self._last_start = now
+        self._starts += 1
         self._slack += _SLACK_WEIGHT * ((limiter_wait <= _PACED) - self._slack)
 
     def accepted(self, now: float, latency: float, in_flight: int) -> None:
@@ -186,8 +207,11 @@ class AutoConcurrency:
             self._over_high = 0  # refusals above the old high did not show a cap
             self._high = in_flight
         self._high_next = max(self._high_next, in_flight)
+        self._most_accepted = max(self._most_accepted, in_flight)
         if now >= self._next_update:
             self.update(now)
+
+    # -- 429s ---------------------------------------------------------------------------
 
     def rate_limited(self, now: float, in_flight: int, sent_with: int) -> Blame:
         """Put a 429 down to the rate or to the number in flight (or to both).
@@ -199,39 +223,43 @@ class AutoConcurrency:
             sent_with: Attempts in flight when it was sent, itself included.
         """
         self._evidence.add(True)
-        if not self._fixed_rate:
-            # An adaptive limiter learns the rate that fits, whatever the server counts,
-            # unless the refusals show a cap: before any answer, the number in flight
-            # stays flat while its rate would have let it grow; once it paces, they
-            # come only above the most in flight accepted lately.
-            cap = self.cap
-            if cap is not None and sent_with >= cap:
-                # Refused in the top place of a cap already found (the one just probed):
-                # the cap, not the rate.
-                cap = max(1, sent_with - 1)
-                self._cap_at(now, cap, f"429 at the top of the cap: cap {cap}")
-                return Blame.CONCURRENCY
-            if not self._latencies:
-                return Blame.CONCURRENCY if self._flat(now, in_flight) else Blame.RATE
-            high = self._high
-            if sent_with <= high or not self._paced_long_enough(now):
-                self._over_high = 0
-                return Blame.RATE
-            self._over_high += 1
-            if self._over_high < 2:
-                return Blame.RATE
-            self._cap_at(now, high, f"429s above {high} in flight: cap {high}")
+        probe = self._probe_from
+        recent = max(2 * self._round_trip(), _PROBE_WINDOW)
+        if probe is not None and sent_with > probe and now - self._probed <= recent:
+            # Refused in a place the last probe opened: the cap was right before it.
+            self._cap_at(now, max(1, sent_with - 1), f"429 at the top of the cap: cap {probe}")
             return Blame.CONCURRENCY
-        # As many in flight as ever accepted lately (or as the cap being probed) is
-        # a high number in flight; a refusal below it needs others around it.
+        if self._fixed_rate:
+            return self._blame_fixed(now, in_flight)
+        return self._blame_adaptive(now, in_flight, sent_with)
+
+    def _blame_fixed(self, now: float, in_flight: int) -> Blame:
+        """A limiter whose rate the user set paces below the server's rate limit by
+        construction: 429s that show a limit (or come two in a row with as many in
+        flight as any accepted lately) are put down to the number in flight."""
         high = self._high if self.cap is None else min(self._high, self.cap)
-        at_high = 0 < high <= in_flight + 1 and self._evidence.refused >= 2
+        at_high = 0 < high <= in_flight + 1 and self._evidence.streak >= 2
         if not (at_high or self._evidence.shows_limit()):
             return Blame.RATE  # the odd refusal: the limiter has its own say
-        # A fixed limiter paces below the server's rate limit by construction: the
-        # server refused the number in flight.
         cap = max(1, in_flight)
         self._cap_at(now, cap, f"429 with {in_flight} in flight: cap {min(cap, self.cap or cap)}")
+        return Blame.CONCURRENCY
+
+    def _blame_adaptive(self, now: float, in_flight: int, sent_with: int) -> Blame:
+        """An adaptive limiter learns the rate that fits, whatever the server counts,
+        unless the refusals show a cap: before any answer, the number in flight stays
+        flat while its rate would have let it grow; once it paces, they come only
+        above the most in flight accepted lately."""
+        if not self._latencies:
+            return Blame.CONCURRENCY if self._flat(now, in_flight) else Blame.RATE
+        high = self._high
+        if sent_with <= high or not self._paced_long_enough(now):
+            self._over_high = 0
+            return Blame.RATE
+        self._over_high += 1
+        if self._over_high < 2:
+            return Blame.RATE
+        self._cap_at(now, high, f"429s above {high} in flight: cap {high}")
         return Blame.CONCURRENCY
 
     def _flat(self, now: float, in_flight: int) -> bool:
@@ -269,8 +297,13 @@ class AutoConcurrency:
             return False
         if self._paced_since is None:
             self._paced_since = now
-        median = sorted(self._latencies)[len(self._latencies) // 2]
-        return now - self._paced_since >= 2 * median
+        return now - self._paced_since >= 2 * self._round_trip()
+
+    def _round_trip(self) -> float:
+        """The median latency lately (0 before any answer)."""
+        if not self._latencies:
+            return 0.0
+        return sorted(self._latencies)[len(self._latencies) // 2]
 
     def _cap_at(self, now: float, cap: int, reason: str) -> None:
         """Lower the cap to *cap* (it is never raised here) and the target with it."""
@@ -280,67 +313,139 @@ class AutoConcurrency:
         if self.cap is None or cap < self.cap:
             self.cap = cap
         self._cap_hit = now
+        self._probe_from = None
         self._set(min(self.limit, self.cap), reason)
+
+    # -- the target ---------------------------------------------------------------------
 
     def update(self, now: float) -> None:
         """Recompute the target from the rate, the latencies and the demand seen."""
         self._next_update = now + UPDATE_EVERY
         demand, self._demand = self._demand, False
-        ordered = sorted(self._latencies)
-        median = high = None
-        if len(ordered) >= _MIN_SAMPLES:
-            median = ordered[len(ordered) // 2]
-            high = ordered[int(0.9 * (len(ordered) - 1))]
+        self._mark_starts(now)
+        median, high = self._percentiles()
         rate = self._rate()
+        self._track_pacing(now, rate)
+        target, reason = self._target(now, demand, rate, median, high)
+        if self.cap is not None:
+            target, reason = self._within_cap(now, demand, median, target, reason)
+        self._set(target, reason)
+
+    def _percentiles(self) -> tuple[float | None, float | None]:
+        """The median and the 90th percentile of recent latencies (``None``: too few)."""
+        if len(self._latencies) < _MIN_SAMPLES:
+            return None, None
+        ordered = sorted(self._latencies)
+        median = ordered[len(ordered) // 2]
+        self._lowest_median = min(self._lowest_median, median)
+        return median, ordered[int(0.9 * (len(ordered) - 1))]
+
+    def _track_pacing(self, now: float, rate: float | None) -> None:
         if rate is None:
             self._paced_since = None
         elif self._paced_since is None:
             self._paced_since = now
-        target, reason = self.limit, self.reason
-        # Callers wait for a place while the limiter lets them through at once: more in
-        # flight would be used (slow start: doubling per round trip, the round trip
-        # counted at most _SLOW_START_RTT, since a refusal comes back at once anyway).
-        # (Not during a pause: nothing starts then, and nothing is learned.)
-        starved = demand and self._slack >= 0.5 and now - self._last_start < 2 * UPDATE_EVERY
-        if median is not None:
-            self._lowest_median = min(self._lowest_median, median)
-            # Vegas: a median latency far above the lowest seen means the server queues.
-            starved = starved and median <= _QUEUEING * self._lowest_median + _PACED
+
+    def _mark_starts(self, now: float) -> None:
+        marks = self._start_marks
+        marks.append((now, self._starts))
+        while len(marks) > 1 and marks[1][0] <= now - _RATE_SPAN_MAX:
+            marks.popleft()
+
+    def _start_rate(self, now: float, rate: float) -> float:
+        """Starts per second over the last second; longer at low rates (a few starts)
+        or with a burst allowance (the window it refills over)."""
+        spread = max(_RATE_SPAN_STARTS, self._burst()) / rate
+        span = min(_RATE_SPAN_MAX, max(1.0, spread))
+        for at, count in self._start_marks:
+            if at >= now - span:
+                return (self._starts - count) / max(now - at, UPDATE_EVERY)
+        return 0.0
+
+    def _target(
+        self,
+        now: float,
+        demand: bool,
+        rate: float | None,
+        median: float | None,
+        high: float | None,
+    ) -> tuple[int, str]:
+        """The target before any server cap, and why."""
+        grow = demand and self._more_would_help(now, rate, median)
+        grown = self._grown(median)
+        if rate is None:
+            if grow:
+                return grown, "callers waiting, no rate known: slow start"
+            return self.limit, self.reason
+        little, reason = self._little(now, rate, high)
+        if grow and grown > little:
+            # The first answers are the fastest: Little's law can fall short early.
+            return grown, f"callers waiting below rate {rate:.3g}/s: growing"
+        if grow and self.limit > little:
+            return self.limit, self.reason  # keep what was grown while it is used
+        return little, reason
+
+    def _more_would_help(self, now: float, rate: float | None, median: float | None) -> bool:
+        """Whether more in flight would raise the throughput of the callers waiting.
+
+        Not before anything is known (no answer and no rate), not during a pause
+        (nothing starts), not while the limiter holds callers back
+        (they wait for its pace, or the starts already reach its rate: more in flight
+        would only wait longer on it), not while the server queues (Vegas: the recent
+        median latency above twice the lowest one seen).
+        """
+        if median is None and rate is None:
+            return False  # nothing answered yet: nothing shows what more would do
+        if now - self._last_start >= 2 * UPDATE_EVERY or self._slack < 0.5:
+            return False
+        if rate is not None and self._start_rate(now, rate) >= _BINDING * rate:
+            return False
+        return median is None or median <= _QUEUEING * self._lowest_median + _PACED
+
+    def _grown(self, median: float | None) -> int:
+        """Slow start: the target doubled per round trip (counted at most
+        _SLOW_START_RTT, since a refusal comes back at once anyway), at most doubled
+        per update."""
         rtt = _SLOW_START_RTT if median is None else min(median, _SLOW_START_RTT)
-        grown = max(self.limit + 1, math.ceil(self.limit * 2 ** (UPDATE_EVERY / max(rtt, 0.01))))
-        if rate is not None:
-            bound = high is None
-            if bound and self._first_start is not None:
-                # Nothing answered yet: the oldest attempt's age bounds the latency below.
-                high = now - self._first_start
-            little = math.ceil(rate * (high or 0.0) * HEADROOM) + _SPARE
-            if bound:
-                little = max(little, self.limit)  # a lower bound only ever raises it
-            target, reason = little, f"rate {rate:.3g}/s x latency {high or 0.0:.3g} s"
-            if starved and grown > little:
-                # The first answers are the fastest: Little's law can fall short early.
-                target, reason = grown, f"callers waiting below rate {rate:.3g}/s: growing"
-            elif demand and self.limit > little:
-                target = self.limit  # keep what was grown while callers still wait
-        elif starved:
-            target, reason = grown, "callers waiting, no rate known: slow start"
+        factor = min(2.0, 2 ** (UPDATE_EVERY / max(rtt, 0.01)))
+        return max(self.limit + 1, math.ceil(self.limit * factor))
+
+    def _little(self, now: float, rate: float, high: float | None) -> tuple[int, str]:
+        """Little's law with headroom for the spread of latencies, and room for the
+        limiter's burst allowance."""
+        bound = high is None
+        if bound and self._first_start is not None:
+            # Nothing answered yet: the oldest attempt's age bounds the latency below.
+            high = now - self._first_start
+        latency = high or 0.0
+        # A burst wants as many places, but no more than have been seen accepted.
+        burst = min(self._burst(), self._most_accepted or self.limit)
+        little = max(math.ceil(rate * latency * HEADROOM) + _SPARE, burst)
+        if bound:
+            little = max(little, self.limit)  # a lower bound only ever raises it
+        return little, f"rate {rate:.3g}/s x latency {latency:.3g} s"
+
+    def _within_cap(
+        self, now: float, demand: bool, median: float | None, target: int, reason: str
+    ) -> tuple[int, str]:
+        """The target within the server's cap, probed upward now and then."""
         cap = self.cap
-        if cap is not None:
-            interval = max(1.0, median or 0.0) * self._probe_backoff
-            if (
-                median is not None  # before any answer, nothing frees a place anyway
-                and demand
-                and self.limit >= cap
-                and now - self._cap_hit >= interval
-                and now - self._probed >= interval
-            ):
-                if self._probed > self._cap_hit:
-                    self._probe_backoff = 1  # the last probe held: the cap may move
-                self.cap = cap = min(self.max_limit, cap + max(1, cap // 20))
-                self._probed = now
-                reason = f"probing the server's cap: {cap}"
-            target = min(target, cap)
-        self._set(target, reason)
+        assert cap is not None
+        interval = max(1.0, median or 0.0) * self._probe_backoff
+        if (
+            median is not None  # before any answer, nothing frees a place anyway
+            and demand
+            and self.limit >= cap
+            and now - self._cap_hit >= interval
+            and now - self._probed >= interval
+        ):
+            if self._probed > self._cap_hit:
+                self._probe_backoff = 1  # the last probe held: the cap may move
+            self._probe_from = cap
+            self.cap = cap = min(self.max_limit, cap + max(1, cap // 20))
+            self._probed = now
+            reason = f"probing the server's cap: {cap}"
+        return min(target, cap), reason
 
     def _set(self, target: int, reason: str) -> None:
         target = max(1, min(self.max_limit, target))
@@ -352,6 +457,16 @@ class AutoConcurrency:
             if grew:
                 for listener in list(self.listeners):
                     listener()
+
+
+def limiter_burst(limiter: object) -> Callable[[], int]:
+    """How to read the starts a limiter lets through back to back (1 when unknown)."""
+
+    def current() -> int:
+        burst = getattr(limiter, "effective_burst", 1)
+        return burst if isinstance(burst, int) and burst > 0 else 1
+
+    return current
 
 
 def limiter_rate(limiter: object) -> Callable[[], float | None]:

@@ -11,14 +11,18 @@ import aiohttp
 import attrs
 
 from ._exceptions import InvalidRequestError
+from ._text import RATE_EXAMPLES, parse_rate
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_CONCURRENCY",
     "DEFAULT_TIMEOUT",
+    "DOCUMENTED_IN_FLIGHT",
+    "DOCUMENTED_RATE",
     "MAX_AUTO_CONCURRENCY",
     "UPSCALE_PATH",
     "USE_CLIENT_DEFAULT",
+    "Limits",
     "RetryPolicy",
     "UseClientDefault",
 ]
@@ -30,8 +34,13 @@ BASE_URL_ENV: Final = "MONICA_BASE_URL"
 
 #: Upscaling takes seconds on the server; the total bounds one attempt, not the retries.
 DEFAULT_TIMEOUT: Final = aiohttp.ClientTimeout(total=120.0, connect=10.0, sock_connect=10.0)
-#: Attempts in flight before an automatic concurrency has measured anything.
-DEFAULT_MAX_CONCURRENCY: Final = 16
+#: Monica's documented default limits of a key for Upscale (the platform's "Rate limits"
+#: page): 10 requests per minute and 8 concurrent requests, raised on request.
+DOCUMENTED_RATE: Final = (10, 60.0)
+DOCUMENTED_IN_FLIGHT: Final = 8
+#: Attempts in flight before an automatic concurrency has measured anything: what a
+#: key allows by default, so that a new key is not refused from the first burst.
+DEFAULT_MAX_CONCURRENCY: Final = DOCUMENTED_IN_FLIGHT
 #: Upper bound of the automatic concurrency: 20 requests/s at 10 s each, with headroom.
 MAX_AUTO_CONCURRENCY: Final = 256
 #: Results are images of at most 4096x4096; 64 MiB covers any PNG of that size.
@@ -134,6 +143,66 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * growth)
         # "Equal jitter": at least half the backoff, so waits still grow.
         return float(base / 2 + base / 2 * jitter)
+
+
+def _to_rate(value: object) -> tuple[int, float] | None:
+    """``"10/min"``, ``(10, 60)`` or ``None``, checked, as ``(requests, seconds)``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            return parse_rate(value)
+        except ValueError as exc:
+            raise InvalidRequestError(f"rate {exc}") from None
+    if isinstance(value, tuple) and len(value) == 2:
+        requests, per = value
+        if (
+            isinstance(requests, int)
+            and not isinstance(requests, bool)
+            and requests >= 1
+            and isinstance(per, int | float)
+            and not isinstance(per, bool)
+            and per > 0
+        ):
+            return requests, float(per)
+    raise InvalidRequestError(
+        f"rate must be a string such as {RATE_EXAMPLES}, or (requests, seconds) with "
+        f"requests >= 1 and seconds > 0, got {value!r}"
+    )
+
+
+def _in_flight(_: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidRequestError(f"in_flight must be an integer >= 1 or None, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """The limits of an API key, as the dashboard's limits page shows them.
+
+    Monica gives every key 10 requests per minute and 8 concurrent requests to start
+    with (:meth:`documented`), and raises them on request. Stating a key's limits
+    lets the client keep to them from the first request: the rate becomes a
+    :class:`RateLimit` (whose allowance starts at once, within *in_flight*), and
+    the automatic concurrency never passes *in_flight*.
+
+    Args:
+        rate: Requests per window: ``"10/min"``, ``"5/s"``, ``"600/h"``, ``"10/30s"``
+            or ``(requests, seconds)``. ``None``: unknown; the client learns it.
+        in_flight: Requests the key allows at once. ``None``: unknown; the
+            automatic concurrency finds it.
+
+    Raises:
+        InvalidRequestError: A limit is not of that form.
+    """
+
+    rate: tuple[int, float] | None = attrs.field(default=None, converter=_to_rate)
+    in_flight: int | None = attrs.field(default=None, validator=_in_flight)
+
+    @classmethod
+    def documented(cls) -> Limits:
+        """Monica's default limits of a key for Upscale: 10 per minute, 8 at once."""
+        return cls(rate=DOCUMENTED_RATE, in_flight=DOCUMENTED_IN_FLIGHT)
 
 
 def resolve_api_key(api_key: str | None) -> str:

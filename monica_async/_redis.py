@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -21,7 +22,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from importlib import resources
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self, TypeVar
 import attrs
 
 from ._exceptions import InvalidRequestError, MonicaError, RateLimiterUnavailableError
-from ._ratelimit import DEFAULT_PAUSE, MAX_MARGIN, MAX_PAUSE, RateLimit
+from ._ratelimit import DEFAULT_PAUSE, MAX_MARGIN, MAX_PAUSE, RateLimit, default_burst
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -49,6 +50,14 @@ DEFAULT_TIMEOUT: Final = 1.0
 REDIS_MIN_MARGIN: Final = 0.05
 #: Limiters assumed to share the key when Redis never answered (fallback = 1/4).
 DEFAULT_PEERS: Final = 4
+#: Redis calls a limiter has under way at once, and the connections of the pool it
+#: makes from a URL. A call takes a fraction of a millisecond, so a few connections
+#: serve thousands of acquisitions a second; more callers queue for one (before
+#: their call's timeout starts) instead of finding the pool full.
+MAX_CONNECTIONS: Final = 8
+#: Seconds a start of a burst is counted to take (for the default burst): wider than
+#: in one process, for the scheduling jitter of several.
+REDIS_START_SPREAD: Final = 0.01
 
 SCRIPT: Final = resources.files("monica_async").joinpath("_redis_script.lua").read_text("utf-8")
 
@@ -69,6 +78,8 @@ _RECHECK_AFTER: Final = 0.002
 # that the confirmation's own round trip does not delay the start.
 _CONFIRM_LEAD: Final = 3
 _CONFIRM_LEAD_BOUNDS: Final = (0.001, 0.1)
+# Least wait before a caller whose slot was over a window ahead asks again.
+_POLL_AT_LEAST: Final = 0.001
 # How long a measurement of the Redis clock stays usable.
 _CLOCK_SAMPLE_AGE: Final = 60.0
 _US: Final = 1_000_000
@@ -222,6 +233,19 @@ class _Unavailable(Exception):
     """Redis could not be used for this call (internal; never escapes)."""
 
 
+class _NeverRaised(Exception):
+    """Stands for an exception an older redis package does not have."""
+
+
+def _pool_size(client: Any) -> int:
+    """The Redis calls to allow at once on *client*: MAX_CONNECTIONS, or fewer if its
+    pool is smaller."""
+    most = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+    if isinstance(most, int) and 0 < most < MAX_CONNECTIONS:
+        return most
+    return MAX_CONNECTIONS
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
@@ -255,7 +279,9 @@ class RedisRateLimit:
         requests: Attempts allowed per window, across all sharers.
         per: Window length in seconds.
         burst: Attempts that may start back to back; as for :class:`RateLimit`,
-            with the same default.
+            counting 10 ms a start (a shared limit's starts come from several
+            processes): the whole allowance of 10 per minute at once, a
+            per-second limit evenly spaced.
         margin: Seconds added to every window so that network jitter cannot squeeze
             more than *requests* into one window at the server. Default: 1% of
             *per*, at least 50 ms (wider than :class:`RateLimit`'s 15 ms, for the
@@ -275,7 +301,14 @@ class RedisRateLimit:
             *key* over the last 10 s before it went away (``1 / 4`` if Redis never
             answered). A limiter counts while it has started within the last
             window or holds a slot booked ahead.
-        timeout: Seconds one Redis call may take.
+        timeout: Seconds one Redis call may take (once a connection is free).
+
+    A limiter books a start at most one window ahead (a caller further back in the
+    queue asks again when its turn is that close), so that if Redis goes away only
+    a window's starts were promised beyond what the local fallback counts. Its Redis
+    calls never exceed :data:`MAX_CONNECTIONS` (or the pool of a client passed in,
+    if smaller): callers wait for a connection, and a full pool is never taken for
+    an outage.
 
     Raises:
         InvalidRequestError: An argument is invalid.
@@ -300,6 +333,11 @@ class RedisRateLimit:
     _owns_client: bool = attrs.field(init=False)
     _script: _Script = attrs.field(init=False)
     _errors: tuple[type[BaseException], ...] = attrs.field(init=False)
+    _pool_full: type[BaseException] = attrs.field(init=False)
+    _connections: asyncio.Semaphore = attrs.field(init=False)
+    # Callers of this process waiting to book, first come first served: only the first
+    # of them asks Redis (when a slot is over a window ahead, again as the next nears).
+    _queue: asyncio.Lock = attrs.field(init=False, factory=asyncio.Lock)
     _members: itertools.count[int] = attrs.field(init=False, factory=itertools.count)
     _closed: bool = attrs.field(init=False, default=False)
     # What the last answers said, for the fallback and for on_success: (when, peers),
@@ -328,7 +366,10 @@ class RedisRateLimit:
     def __attrs_post_init__(self) -> None:
         lib = _import_redis()
         margin = default_margin(self.per) if self.margin is None else self.margin
-        self._shape = RateLimit(self.requests, self.per, burst=self.burst, margin=margin)
+        burst = self.burst
+        if burst is None and isinstance(self.requests, int) and isinstance(margin, int | float):
+            burst = default_burst(self.requests, margin, REDIS_START_SPREAD)
+        self._shape = RateLimit(self.requests, self.per, burst=burst, margin=margin)
         if not isinstance(self.key, str) or not self.key:
             raise InvalidRequestError(f"key must be a non-empty string, got {self.key!r}")
         if not isinstance(self.prefix, str):
@@ -362,6 +403,7 @@ class RedisRateLimit:
                     socket_timeout=self.timeout,
                     socket_connect_timeout=self.timeout,
                     retry=retry,
+                    max_connections=MAX_CONNECTIONS,
                 )
             except ValueError as exc:
                 raise InvalidRequestError(
@@ -385,6 +427,9 @@ class RedisRateLimit:
             noscript=lib.exceptions.NoScriptError,
         )
         self._errors = (lib.exceptions.RedisError, OSError, TimeoutError)
+        # A full pool means callers are many, not that Redis is down (redis-py 5+).
+        self._pool_full = getattr(lib.exceptions, "MaxConnectionsError", _NeverRaised)
+        self._connections = asyncio.Semaphore(_pool_size(self._client))
 
     def __repr__(self) -> str:
         return (
@@ -448,23 +493,54 @@ class RedisRateLimit:
             # as well (when it answers), so that once every sharer is back Redis
             # knows every start of the last window.
             await self._pass_locally(local)
-        member = self._next_member()
         try:
-            slot = await self._run(self._script.book(member, since=self._rejoin_since))
+            slot = await self._book()
         except _Unavailable as exc:
             if local is None:
                 if self.on_unavailable == "fail":
                     raise self._unavailable_error(exc) from exc.__cause__
                 await self._pass_locally(self._local())
             return time.monotonic() - began
+        if slot.wait > 0:
+            await self._wait_for(slot)
+        return time.monotonic() - began
+
+    async def _book(self) -> _Slot:
+        """Book a slot in Redis, one caller of this process at a time, first come first
+        served. A slot over a window ahead is not booked: the caller keeps its turn and
+        asks Redis again when the next slot nears, the others waiting behind it (so
+        hundreds of callers never storm Redis, nor delay the confirmations of the
+        callers about to start).
+
+        Raises:
+            _Unavailable: Redis could not be used.
+        """
+        async with self._queue:
+            while True:
+                slot = await self._book_once()
+                if slot.member:
+                    return slot
+                # Nothing booked, so nothing to give back if cancelled here.
+                await asyncio.sleep(max(slot.due - time.monotonic(), _POLL_AT_LEAST))
+
+    async def _book_once(self) -> _Slot:
+        member = self._next_member()
+        try:
+            slot = await self._run(
+                functools.partial(self._script.book, member, since=self._rejoin_since)
+            )
+        except _Unavailable:
+            raise
         except BaseException:
             self._give_back(member)  # cancelled while Redis may have booked it
             raise
-        self._note_booked(slot.due)
-        if slot.wait <= 0:
-            return time.monotonic() - began
-        # A caller that has to wait asks once more just before its slot (a pause may
-        # have been set meanwhile by any sharer), then sleeps the last moment away.
+        if slot.member:
+            self._note_booked(slot.due)
+        return slot
+
+    async def _wait_for(self, slot: _Slot) -> None:
+        """Sleep until *slot*, asking Redis once more just before it (a pause may have
+        been set meanwhile by any sharer), then sleep the last moment away."""
         confirmed = slot.wait < _RECHECK_AFTER
         while True:
             member = self._next_member()  # used only if the slot has to move
@@ -473,13 +549,21 @@ class RedisRateLimit:
                 if confirmed:
                     if left > 0:
                         await asyncio.sleep(left + self._jitter())
-                    break
+                    return
                 low, high = _CONFIRM_LEAD_BOUNDS
                 lead = min(max(_CONFIRM_LEAD * self._script.clock.rtt, low), high)
                 if left > lead:
                     await asyncio.sleep(left - lead)
                 held = slot
-                slot = await self._run(self._script.book(member, held, self._rejoin_since))
+                slot = await self._run(
+                    functools.partial(self._script.book, member, held, self._rejoin_since)
+                )
+                if not slot.member:
+                    # Moved behind a pause to over a window ahead: queue again.
+                    await asyncio.sleep(max(0.0, slot.due - time.monotonic()))
+                    slot = await self._book()
+                    confirmed = slot.wait < _RECHECK_AFTER
+                    continue
                 if slot.member != held.member:
                     self._note_booked(slot.due)
                 confirmed = slot.member == held.member or slot.wait < _RECHECK_AFTER
@@ -490,7 +574,6 @@ class RedisRateLimit:
             except BaseException:
                 self._give_back(slot.member, member)
                 raise
-        return time.monotonic() - began
 
     async def on_rate_limited(self, retry_after: float | None, started: float) -> float:
         """Pause every sharer of the key after a 429: ``Retry-After`` or a growing default.
@@ -499,9 +582,11 @@ class RedisRateLimit:
             The pause, in seconds from now.
         """
         try:
-            left, _, streak = await self._run(self._script.pause(retry_after, random.random()))
+            left, _, streak = await self._run(
+                functools.partial(self._script.pause, retry_after, random.random())
+            )
         except _Unavailable:
-            return await self._local().on_rate_limited(retry_after, started)
+            return self._local()._hold(retry_after, started)
         self._streak = streak
         self._note_pause(left)
         return left
@@ -513,7 +598,7 @@ class RedisRateLimit:
         if self._streak > 0:
             self._streak = 0
             with contextlib.suppress(_Unavailable):
-                await self._run(self._script.success())
+                await self._run(self._script.success)
 
     async def aclose(self) -> None:
         """Close the Redis client made from a URL (not one passed in). Idempotent."""
@@ -539,28 +624,46 @@ class RedisRateLimit:
         if left > 0:
             self._paused_until = max(self._paused_until, time.monotonic() + left)
 
-    async def _run(self, call: Coroutine[Any, Any, T]) -> T:
-        """Await one script call, tracking whether Redis is available.
+    async def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Make one script call (``make()``), tracking whether Redis is available.
 
         While Redis is unavailable, a call is made only once the back-off is over
         and no other call is already probing; the others fail at once.
         """
         probing = self._down_since is not None
         if probing and (self._probing or time.monotonic() < self._retry_at):
-            call.close()
             raise _Unavailable(self._reason)
         if probing:
             self._probing = True
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await call
+            async with self._connections:
+                if self._down_since is not None and not probing:
+                    # Redis went away while this call waited for a connection.
+                    raise _Unavailable(self._reason)
+                result = await self._call(make)
         except self._errors as exc:
             self._went_down(exc, probing)
             raise _Unavailable(self._reason) from exc
         finally:
             if probing:
                 self._probing = False
-        now = time.monotonic()
+        self._note_answer(time.monotonic(), result)
+        return result
+
+    async def _call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``make()`` within the timeout; a pool that others keep full is waited for,
+        never taken for an outage."""
+        delay = 0.001
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await make()
+            except self._pool_full:
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 0.05)
+
+    def _note_answer(self, now: float, result: object) -> None:
+        """What an answer tells: Redis is back, the sharers, the streak, the pause."""
         if self._down_since is not None:
             self._came_back(now, self._down_since)
         if isinstance(result, _Slot):
@@ -572,7 +675,6 @@ class RedisRateLimit:
                 # since this one came back, so each of them books every start there
                 # now: a window later Redis holds every start of a window.
                 self._rejoin_by = min(self._rejoin_by, now + self._window)
-        return result
 
     def _came_back(self, now: float, down_since: float) -> None:
         down_for = now - down_since
@@ -693,7 +795,7 @@ class RedisRateLimit:
         if left > 0:
             # A pause Redis announced before it went away still stands.
             self._paused_until = 0.0
-            await local.on_rate_limited(left, time.monotonic())
+            local._hold(left, time.monotonic())
         await local.acquire()
 
     def _unavailable_error(self, exc: _Unavailable) -> RateLimiterUnavailableError:
@@ -715,4 +817,4 @@ class RedisRateLimit:
         # Failing here only costs a little throughput: the slot goes unused.
         with contextlib.suppress(_Unavailable):
             for member in members:
-                await self._run(self._script.cancel(member))
+                await self._run(functools.partial(self._script.cancel, member))

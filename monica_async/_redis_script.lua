@@ -129,6 +129,15 @@ if mode == 'book' then
     if last then
         slot = math.max(slot, last)
     end
+    -- Book at most one window ahead: a caller further back is told when its slot
+    -- will be that close (and asks again then), so that if Redis goes away no more
+    -- than a window's starts were promised beyond what each local fallback counts.
+    local horizon = now + per + margin
+    if slot > horizon then
+        local seen, back = count_peers(now)
+        expire()
+        return {math.ceil(slot - horizon), epoch, '', streak, seen, pause_left(), now, back}
+    end
     if paused and slot <= nb then
         -- Resume after a pause paced, not as a herd: the burst allowance starts empty.
         tat = math.max(tat, slot + (burst - 1) * interval)

@@ -302,6 +302,12 @@ def _options_of(command: str) -> set[str]:
         (["run", "in.txt", "-o", "o.jsonl", "--rate", "fast"], {}, "--rate"),
         (["run", "in.txt", "-o", "o.jsonl", "--shard", "3/3"], {}, "--shard"),
         (["run", "in.txt", "-o", "o.jsonl", "--concurrency", "0"], {}, "--concurrency"),
+        (["run", "in.txt", "-o", "o.jsonl", "--in-flight", "0"], {}, "--in-flight"),
+        (
+            ["run", "in.txt", "-o", "o.jsonl", "--in-flight", "8", "--concurrency", "4"],
+            {},
+            "--in-flight",
+        ),
         (["run", "in.txt", "-o", "o.jsonl", "--timeout", "-1"], {}, "--timeout"),
         (["run", "in.txt", "-o", "o.jsonl", "--api-key-file", "nokey"], {}, "--api-key-file"),
         (["run", "in.txt", "-o", "o.jsonl", "--redis-url", "redis://x"], {}, "--rate"),

@@ -440,3 +440,23 @@ async def test_shards_cover_every_input_exactly_once(
         sorted(taken),
         [server.stats.attempts_by_image[u] for u in urls],
     )
+
+
+@pytest.mark.slow
+async def test_the_keys_limits_stated_on_the_command_line_are_kept(
+    run_cli: RunCli, api_key: str, tmp_path: Path
+) -> None:
+    """--rate 6/3s --in-flight 3 against a server enforcing exactly those (a Monica key's
+    10 per minute and 8 in flight, time-scaled): every input done, no 429, at most 3 at
+    once, and the banner says so."""
+    async with FakeMonicaServer(
+        api_key=api_key, process_images=False, latency=0.2, rate_limit=(6, 3.0), max_concurrency=3
+    ) as fake:
+        path = _write(tmp_path / "in.txt", _urls(fake, 12))
+        result = await run_cli(
+            path, "--base-url", fake.base_url, "--rate", "6/3s", "--in-flight", "3"
+        )
+        stats = fake.stats
+    assert (0, 12) == (result.code, len(result.records))
+    assert (12, 0, 3) == (stats.accepted, stats.by_status.get(429, 0), stats.peak_concurrency)
+    assert "concurrency automatic, at most 3" in result.err

@@ -239,12 +239,32 @@ class TestController:
         blames = [auto.rate_limited(now + t, 24, 25) for t in range(5)]
         assert ([Blame.RATE] * 5, None) == (blames, auto.cap)
 
-    def test_a_refusal_at_the_top_of_a_cap_lowers_it(self) -> None:
-        """Once a cap is known, a refusal of an attempt sent in its top place is the cap's."""
+    def test_a_refusal_in_the_place_a_probe_opened_lowers_the_cap_back(self) -> None:
+        """A cap of 24 probed to 25: a refusal of an attempt sent in the 25th place,
+        soon after the probe, is the cap's."""
         now = time.monotonic()
         auto = self.paced(now)
-        auto._cap_at(now, 25, "probed")
-        assert (Blame.CONCURRENCY, 24) == (auto.rate_limited(now, 24, 25), auto.cap)
+        auto._cap_at(now, 24, "found")
+        auto._demand = True
+        auto.update(now + 9.0)
+        assert 25 == auto.cap
+        assert (Blame.CONCURRENCY, 24) == (auto.rate_limited(now + 9.1, 24, 25), auto.cap)
+
+    @pytest.mark.parametrize("fixed_rate", [True, False])
+    def test_odd_refusals_at_a_known_cap_leave_it(self, fixed_rate: bool) -> None:
+        """Saturated at a cap, every attempt is sent in its top place: refusals one at a
+        time among acceptances (a server's random 429s) do not lower it."""
+        auto = AutoConcurrency(16, 256, lambda: 100.0, fixed_rate=fixed_rate)
+        now = time.monotonic()
+        auto.started(now, 0.0)
+        for _ in range(10):
+            auto.accepted(now, 0.5, 20)
+        auto._cap_at(now, 20, "found")
+        for step in range(10):
+            for _ in range(19):
+                auto.accepted(now + step, 0.5, 20)
+            auto.rate_limited(now + step + 0.5, 19, 20)
+        assert 20 == auto.cap
 
     def test_the_cap_is_not_probed_before_any_answer(self) -> None:
         """Callers waiting at a cap found before any answer do not raise it: nothing has
@@ -409,8 +429,9 @@ async def test_a_rate_limited_server_is_learned_without_options() -> None:
 
 
 def test_the_default_is_automatic() -> None:
-    """No max_concurrency: automatic, 16 to start with, shown in repr and stats."""
+    """No max_concurrency: automatic, 8 to start with (what a new key allows), shown in
+    repr and stats."""
     client = MonicaClient(KEY, base_url="http://127.0.0.1:9")
     assert None is client.max_concurrency
     assert "max_concurrency=auto" in repr(client)
-    assert (16, "initial") == (client.stats.concurrency, client.stats.concurrency_reason)
+    assert (8, "initial") == (client.stats.concurrency, client.stats.concurrency_reason)

@@ -27,6 +27,7 @@ PUBLIC_API = {
     "ConflictError",
     "InternalServerError",
     "InvalidRequestError",
+    "Limits",
     "MonicaClient",
     "MonicaError",
     "NotFoundError",

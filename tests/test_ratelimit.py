@@ -122,16 +122,45 @@ def test_default_margin_is_one_percent_within_bounds(per: float, margin: float) 
     assert RateLimit(10, per=per).effective_margin == pytest.approx(margin)
 
 
-def test_default_is_even_pacing() -> None:
-    """Without a burst, starts are spaced per / requests apart from the first one on."""
+def test_by_default_a_per_second_limit_is_evenly_paced() -> None:
+    """Without a burst, a 1 s window's 15 ms margin cannot absorb 5 starts at once
+    (5 ms each): starts are spaced per / requests apart from the first one on."""
     limit = RateLimit(5, per=1.0)
     slots = book_all(limit, [0.0] * 3)
-    assert slots == pytest.approx([0.0, 0.2, 0.4])
+    assert (1, slots) == (limit.effective_burst, pytest.approx([0.0, 0.2, 0.4]))
+
+
+@pytest.mark.parametrize(("requests", "per"), [(10, 60.0), (10, 12.0)])
+def test_by_default_a_long_windows_allowance_starts_at_once(requests: int, per: float) -> None:
+    """10 per minute (or per 12 s): the whole allowance starts together on a fresh
+    window, and the next start waits for the window and its margin."""
+    limit = RateLimit(requests, per=per)
+    slots = book_all(limit, [0.0] * (requests + 1))
+    assert [0.0] * requests == slots[:requests]
+    assert slots[requests] == pytest.approx(per + limit.effective_margin)
+
+
+async def show_a_limit(limit: RateLimit, retry_after: float | None) -> None:
+    """Three 429s in a row: each one alone shows no limit yet, so none pauses."""
+    for _ in range(3):
+        assert 0.0 == await limit.on_rate_limited(retry_after, started=time.monotonic())
+
+
+async def test_an_odd_429_pauses_no_one() -> None:
+    """One 429 among acceptances (a busy server's) leaves the pace alone: only the
+    refused call's own retry waits."""
+    limit = RateLimit(10, per=1.0)
+    for _ in range(20):
+        await limit.on_success(started=time.monotonic())
+    assert 0.0 == await limit.on_rate_limited(2.0, started=time.monotonic())
+    assert limit._pause.not_before < time.monotonic()
 
 
 async def test_pause_moves_every_booking_behind_it_and_resumes_paced() -> None:
-    """After a 429 nobody starts before the pause ends, and the burst allowance is empty."""
+    """After 429s that show a limit nobody starts before the pause ends, and the burst
+    allowance is empty."""
     limit = RateLimit(10, per=1.0, burst=10, margin=0.0)
+    await show_a_limit(limit, 2.0)
     pause = await limit.on_rate_limited(2.0, started=time.monotonic())
     assert 2.0 <= pause <= 2.25
     now = time.monotonic()
@@ -145,6 +174,7 @@ async def test_pause_moves_every_booking_behind_it_and_resumes_paced() -> None:
 async def test_pause_without_retry_after_grows() -> None:
     """429s without Retry-After pause 1 s, then 2 s, then 4 s; a success resets it."""
     limit = RateLimit(10)
+    await show_a_limit(limit, None)
     first = await limit.on_rate_limited(None, started=time.monotonic())
     second = await limit.on_rate_limited(None, started=time.monotonic())
     third = await limit.on_rate_limited(None, started=time.monotonic())
@@ -157,7 +187,7 @@ async def test_a_burst_of_429s_lengthens_the_pause_once() -> None:
     """429s answering attempts sent before the pause began do not double it again."""
     limit = RateLimit(10)
     sent = time.monotonic()
-    pauses = [await limit.on_rate_limited(None, started=sent) for _ in range(5)]
+    pauses = [await limit.on_rate_limited(None, started=sent) for _ in range(8)]
     assert max(pauses) < 1.5
     assert limit._pause.streak == 1
 
@@ -175,6 +205,7 @@ async def test_acquire_waits_for_its_slot() -> None:
 async def test_acquire_rebooks_when_a_pause_arrives_while_it_sleeps() -> None:
     """A caller asleep toward its slot queues again behind a pause set meanwhile."""
     limit = RateLimit(1, per=0.2, margin=0.0)
+    await show_a_limit(limit, 0.5)
     await limit.acquire()
     waiter = asyncio.create_task(limit.acquire())
     await asyncio.sleep(0.05)
@@ -231,7 +262,8 @@ def test_settings_are_read_only_once_built() -> None:
 
 def test_repr_shows_the_effective_settings() -> None:
     """repr() shows what the limiter really does, defaults resolved."""
-    assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=1, margin=0.5)"
+    assert repr(RateLimit(60, per=60.0)) == "RateLimit(60, per=60.0, burst=60, margin=0.5)"
+    assert repr(RateLimit(30)) == "RateLimit(30, per=1.0, burst=1, margin=0.015)"
 
 
 class TestAdaptive:

@@ -109,7 +109,7 @@ examples:
       a file of URLs (or a .csv with a url column, or .jsonl with a url field)
   produce-urls | {PROG} run - -o - | jq -c 'select(.ok | not)'
       URLs from stdin (-), one JSON record per input to stdout (-o -)
-  {PROG} run urls.txt -o results.jsonl --rate 60/min --download-dir upscaled/
+  {PROG} run urls.txt -o results.jsonl --rate 10/min --in-flight 8 --download-dir upscaled/
       at most 60 requests a minute (5/s and 10/30s work too), results downloaded
   {PROG} run urls.txt -o results.jsonl --resume
       after Ctrl-C or a crash: skip what succeeded, send the rest again
@@ -213,8 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--rate",
         metavar="N/UNIT",
-        help=f"client-side rate limit, e.g. {RATE_EXAMPLES}; retries count too "
-        "(default: adaptive, no limit until the server answers 429)",
+        help=f"your key's rate limit, e.g. {RATE_EXAMPLES} (a new Monica key: 10/min); "
+        "retries count too (default: adaptive, no limit until the server answers 429)",
+    )
+    run.add_argument(
+        "--in-flight",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="requests your key allows at once (a new Monica key: 8): the automatic "
+        "concurrency never passes it",
     )
     run.add_argument(
         "--scale", type=int, choices=ALLOWED_SCALES, default=2, help="scale factor (default 2)"
@@ -358,6 +366,11 @@ def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions
     shard = None if args.shard is None else ShardSpec.parse(args.shard)
     if args.redis_url is not None and rate is None:
         raise UsageError("--redis-url needs --rate: the limit the shards share, e.g. 60/min")
+    if args.in_flight is not None and args.concurrency is not None:
+        raise UsageError(
+            "give --in-flight (what your key allows at once) or --concurrency (a fixed "
+            "number), not both"
+        )
     download_dir = download_prefix = None
     if args.download_dir is not None and is_object_url(args.download_dir):
         download_prefix = _object_prefix("--download-dir", args.download_dir)
@@ -372,6 +385,7 @@ def run_options(args: argparse.Namespace, resume_hint: str | None) -> RunOptions
         download_prefix=download_prefix,
         staging=staging,
         concurrency=args.concurrency,
+        in_flight=args.in_flight,
         rate=rate,
         scale=args.scale,
         resume=args.resume,

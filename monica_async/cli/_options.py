@@ -104,7 +104,9 @@ class RunOptions:
             *download_prefix*).
         concurrency: Requests (and downloads) in flight at most; ``None``: automatic
             (the client's default).
-        rate: The client-side rate limit; ``None``: adaptive (the client's default).
+        in_flight: Requests the key allows at once: the automatic concurrency's
+            ceiling (``Limits.in_flight``); ``None``: unknown.
+        rate: The key's rate limit; ``None``: adaptive (the client's default).
         scale: Scale factor.
         resume: Skip the inputs whose latest record in *output* is a success.
         shard: Take only this shard of the inputs.
@@ -129,6 +131,7 @@ class RunOptions:
     api_key: str = attrs.field(repr=False)
     download_dir: Path | None = None
     concurrency: int | None = None
+    in_flight: int | None = None
     rate: RateSpec | None = None
     scale: int = 2
     resume: bool = False

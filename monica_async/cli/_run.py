@@ -39,6 +39,7 @@ from monica_async._config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
     MAX_AUTO_CONCURRENCY,
+    Limits,
     RetryPolicy,
 )
 from monica_async._download import remove_stale_temporaries
@@ -127,6 +128,13 @@ class _StoppableLimiter:
 
     def __repr__(self) -> str:
         return repr(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        # The client sizes its concurrency from the limiter's rate and burst
+        # (``requests``, ``per``, ``rate``, ``effective_burst``): show the inner one's.
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     async def acquire(self) -> float:
         """Wait for the inner limiter, unless the run stops first."""
@@ -225,6 +233,7 @@ def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
         retry=retry,
         max_concurrency=options.concurrency,
         rate_limit=limiter,
+        limits=Limits(in_flight=options.in_flight),
         allow_insecure_http=options.allow_insecure_http,
         staging=options.staging,
         **kwargs,
@@ -630,7 +639,10 @@ def _describe(run: _Run) -> str:
         parts.append(f"shard {options.shard}")
     if options.rate is not None:
         parts.append(f"rate {options.rate}")
-    parts.append(f"concurrency {options.concurrency or 'automatic'}")
+    if options.in_flight is not None:
+        parts.append(f"concurrency automatic, at most {options.in_flight}")
+    else:
+        parts.append(f"concurrency {options.concurrency or 'automatic'}")
     if run.done:
         parts.append(f"resuming: {len(run.done)} already done")
     where = "stdout" if options.to_stdout else repr(str(options.output))
