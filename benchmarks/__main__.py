@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import (
+    bench_combinations,
     bench_concurrency,
     bench_faults,
     bench_latency,
@@ -44,6 +45,7 @@ MODULES: dict[str, ModuleType] = {
         bench_limiter,
         bench_ratelimited,
         bench_concurrency,
+        bench_combinations,
         bench_memory,
         bench_faults,
         bench_storage,
