@@ -285,7 +285,7 @@ def table(result: Json) -> str:
             )
     out.note(
         f"ratio: best run's rate over the best '{BASELINE}' run's (target for "
-        "monica-async: >= 0.95). pair ratio: median over the rounds of a run's rate over "
+        "monica-async: >= 0.75). pair ratio: median over the rounds of a run's rate over "
         "the baseline run made right before or after it. CPU: the client process's CPU "
         "time per 1,000 requests in its least costly run; CPU ratio: the baseline's over "
         "the contender's. "

@@ -1,10 +1,11 @@
 """Upscale a list of image URLs with a progress bar.
 
-    MONICA_API_KEY=... python examples/progress_batch.py urls.txt --output results.jsonl
+    MONICA_API_KEY=... python examples/progress_batch.py urls.txt -o results.jsonl --rate 60/min
 
 ``urls.txt`` holds one image URL per line (blank lines and ``#`` comments are
 skipped); ``-`` reads the list from stdin. Each input gets one JSON line in
-``--output`` as it finishes, and a summary is printed at the end. The exit status
+``--output`` as it finishes, and a summary is printed at the end. ``--rate`` is
+written as for ``monica-upscale run``: ``60/min``, ``5/s``, ``1000/h``. The exit status
 is 0 when every input succeeded, 1 when some failed, 2 when the batch could not run.
 
 The client reads ``MONICA_API_KEY`` and ``MONICA_BASE_URL`` from the environment, so
@@ -35,6 +36,17 @@ from rich.progress import (
 
 from monica_async import MonicaClient, MonicaError, Outcome, RateLimit
 
+#: Seconds in each unit of a rate.
+UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def rate(text: str) -> RateLimit:
+    """A rate written as ``monica-upscale run --rate`` takes it: ``60/min``, ``5/s``, ``1000/h``."""
+    count, _, unit = text.partition("/")
+    if not count.strip().isdigit() or int(count) < 1 or unit.strip() not in UNITS:
+        raise argparse.ArgumentTypeError(f"must look like 60/min, 5/s or 1000/h, got {text!r}")
+    return RateLimit(int(count), per=UNITS[unit.strip()])
+
 
 def read_urls(source: TextIO) -> list[str]:
     """The URLs of *source*: one per line, blank lines and ``#`` comments skipped."""
@@ -59,10 +71,9 @@ def record(outcome: Outcome) -> dict[str, object]:
 
 
 async def upscale_list(
-    urls: list[str], results: TextIO, *, concurrency: int, per_minute: int | None
+    urls: list[str], results: TextIO, *, concurrency: int, limit: RateLimit | None
 ) -> list[Outcome]:
     """Upscale *urls* with a progress bar on stderr; return the failed outcomes."""
-    limit = None if per_minute is None else RateLimit(per_minute, per=60.0)
     failed: list[Outcome] = []
     progress = Progress(
         TextColumn("upscaling"),
@@ -87,14 +98,19 @@ async def upscale_list(
     return failed
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the batch; return the exit status."""
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description="Upscale a list of image URLs.")
     parser.add_argument("urls", help="a file with one URL per line, or - for stdin")
     parser.add_argument("--output", "-o", default="results.jsonl", help="JSON Lines results")
     parser.add_argument("--concurrency", type=int, default=16, help="requests at once")
-    parser.add_argument("--rate", type=int, default=None, help="at most N requests a minute")
-    args = parser.parse_args(argv)
+    parser.add_argument("--rate", type=rate, default=None, help="at most so many, e.g. 60/min")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the batch; return the exit status."""
+    args = build_parser().parse_args(argv)
 
     try:
         if args.urls == "-":
@@ -110,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Path(args.output).open("w", encoding="utf-8") as results:
             failed = asyncio.run(
-                upscale_list(urls, results, concurrency=args.concurrency, per_minute=args.rate)
+                upscale_list(urls, results, concurrency=args.concurrency, limit=args.rate)
             )
     except MonicaError as exc:  # no API key, or an invalid option: nothing was sent
         print(f"error: {exc}", file=sys.stderr)

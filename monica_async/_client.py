@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import functools
 import json
@@ -12,15 +13,16 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Self, overload
 from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
-from . import _download, _retry, _storage, _telemetry
+from . import _download, _redact, _retry, _storage, _telemetry
+from ._admission import Admission
 from ._batch import run_batch
-from ._concurrency import AutoConcurrency, Blame, limiter_burst, limiter_rate
+from ._concurrency import AutoConcurrency, limiter_burst, limiter_rate
 from ._config import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
@@ -37,34 +39,21 @@ from ._config import (
     resolve_timeout,
 )
 from ._download import byte_limit
-from ._exceptions import (
-    APIError,
-    APIResponseValidationError,
-    InvalidRequestError,
-    MonicaError,
-    RateLimitError,
-)
+from ._exceptions import APIError, APIResponseValidationError, InvalidRequestError, MonicaError
 from ._flow import Slots
 from ._http import (
     MAX_ANSWER_BYTES,
     USER_AGENT,
     EnvProxies,
     ReuseAwareConnector,
-    arrived_body,
-    connections_opened,
-    declared_within,
     loggable_url,
-    map_transport_error,
-    read_capped,
-    read_error_body,
     readable_text,
-    request_id,
     status_error,
-    tells_reuse,
 )
 from ._models import Outcome, UpscaleResult, result_from_answer
-from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter, _Booking
+from ._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from ._stats import ClientStats, StatsRecorder
+from ._transport import Answer, post_json
 from ._validation import is_loopback_host, validate_image_url, validate_scale
 
 if TYPE_CHECKING:
@@ -74,19 +63,8 @@ __all__ = ["MonicaClient"]
 
 logger = logging.getLogger("monica_async")
 
-#: Inputs starting so are URLs: the batch's fast path, no storage involved.
+#: Inputs starting so are URLs, sent as they are; others may name an object or a file.
 _WEB_PREFIXES: Final = ("https://", "http://")
-#: Limiters whose start and success the client calls without a coroutine (their own
-#: methods, not a subclass's overrides: hence the exact types).
-_IN_PROCESS_LIMITERS: Final = (AdaptiveRateLimit, RateLimit)
-
-
-def _request_body(image: str, scale: int) -> bytes:
-    """The JSON body of an upscale request, built without ``json.dumps`` when it can be."""
-    # A valid URL holds no control character: only these two need escaping in JSON.
-    plain = image.isascii() and '"' not in image and "\\" not in image
-    quoted = image if plain else json.dumps(image)[1:-1]
-    return b'{"image": "%s", "scale": %d}' % (quoted.encode(), scale)
 
 
 def _check_limits(
@@ -125,11 +103,6 @@ class _State(enum.Enum):
     OPENED = "opened"
     CLOSED = "closed"
 
-
-#: Immediate resends of a request whose reused keep-alive connection the server had
-#: closed. Each one takes another pooled connection, or a fresh one once the pool is
-#: empty, so one is nearly always enough; the bound only stops a pathological server.
-_STALE_CONNECTION_RESENDS = 10
 
 #: What one successful attempt produced: the decoded body, the body's text, the
 #: server's request id and the attempt's number.
@@ -205,45 +178,17 @@ class MonicaClient:
         self._endpoint = self.base_url + UPSCALE_PATH
         self._endpoint_path = urlsplit(self._endpoint).path
         self.timeout: aiohttp.ClientTimeout = resolve_timeout(timeout)
-        self.retry: RetryPolicy = RetryPolicy() if retry is None else retry
-        if not isinstance(self.retry, RetryPolicy):
-            raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
-        if max_concurrency is not None and (
-            isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-        ):
-            raise InvalidRequestError(
-                f"max_concurrency must be an integer or None (automatic), got {max_concurrency!r}"
-            )
-        if max_concurrency is not None and max_concurrency < 1:
-            raise InvalidRequestError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        self.max_concurrency: int | None = max_concurrency
-        if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
-            raise InvalidRequestError(
-                "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
-                f"RateLimiter, got {rate_limit!r}"
-            )
+        self.retry: RetryPolicy = _checked_retry(retry)
+        self.max_concurrency: int | None = _checked_max_concurrency(max_concurrency)
         self.limits: Limits = _check_limits(limits, rate_limit, max_concurrency)
-        self.rate_limit: RateLimiter = _default_limiter(self.limits, rate_limit)
+        self.rate_limit: RateLimiter = _default_limiter(
+            self.limits, _checked_rate_limit(rate_limit)
+        )
         self.allow_insecure_http: bool = allow_insecure_http
         self.max_download_bytes: int = byte_limit("max_download_bytes", max_download_bytes)
         self._storage = _storage.Storage.configure(staging, stores)
-        self._extra_headers = dict(headers or {})
-        for name in self._extra_headers:
-            if name.lower() == "authorization":
-                raise InvalidRequestError("headers must not set Authorization: pass api_key")
-        # Sent with every request to an injected session, which has a User-Agent of its
-        # own; the session this client makes carries ours. A caller's (any case) wins.
-        if session is not None and not any(
-            name.lower() == "user-agent" for name in self._extra_headers
-        ):
-            self._extra_headers = {"User-Agent": USER_AGENT, **self._extra_headers}
-        # Built once: every API call sends the same headers.
-        self._api_headers = {
-            **self._extra_headers,
-            "Authorization": f"Bearer {self._api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-        }
+        # Sent with every API call (an injected session has no User-Agent of ours).
+        self._api_headers = _api_headers(self._api_key, headers, injected=session is not None)
         self._session = session
         self._owns_session = session is None
         # Read with the session the client creates; an injected one has its own settings.
@@ -252,21 +197,14 @@ class MonicaClient:
         self._state = _State.UNOPENED
         self._auto: AutoConcurrency | None = None
         if max_concurrency is None:
-            most = self.limits.in_flight or MAX_AUTO_CONCURRENCY
-            self._auto = AutoConcurrency(
-                min(DEFAULT_MAX_CONCURRENCY, most),
-                most,
-                limiter_rate(self.rate_limit),
-                fixed_rate=not hasattr(self.rate_limit, "rate")
-                and limiter_rate(self.rate_limit)() is not None,
-                burst=limiter_burst(self.rate_limit),
-            )
-            self._slots = self._auto.slots
+            self._auto = _auto_concurrency(self.rate_limit, self.limits)
+            slots = self._auto.slots
         else:
-            self._slots = Slots(max_concurrency)
+            slots = Slots(max_concurrency)
         #: The event loop the client was opened in: its connections belong to it.
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats = StatsRecorder()
+        self._admission = Admission(slots, self.rate_limit, self._auto, self._stats)
 
     def __repr__(self) -> str:
         return (
@@ -402,10 +340,17 @@ class MonicaClient:
         resolved = self._timeout_for(timeout)
         policy = self.retry if retry is USE_CLIENT_DEFAULT else retry
         self._open()
-        if type(image) is str and image.startswith(_WEB_PREFIXES):
-            return await self._upscale(image, scale=scale, timeout=resolved, policy=policy)
-        call = functools.partial(self._upscale, scale=scale, timeout=resolved, policy=policy)
-        return await self._upscale_stored(image, call, policy, resolved)
+        return await self._upscale_input(image, scale, resolved, policy)
+
+    def _upscale_input(
+        self, image: object, scale: int, timeout: aiohttp.ClientTimeout, policy: RetryPolicy
+    ) -> Awaitable[UpscaleResult]:
+        """The upscale of an input as a call or a batch has it, to await: a URL as it is,
+        an object or a file through the storage."""
+        if isinstance(image, str) and image.startswith(_WEB_PREFIXES):
+            return self._upscale(image, scale, timeout, policy)
+        call = functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy)
+        return self._upscale_stored(image, call, policy, timeout)
 
     async def _upscale_stored(
         self,
@@ -432,37 +377,26 @@ class MonicaClient:
     ) -> UpscaleResult:
         """:meth:`upscale` once its options are checked (batches call it directly)."""
         image = validate_image_url(image)
-        session = self._session
-        # Callers check the event loop once (upscale() each call, a batch as it starts):
-        # asyncio.get_running_loop() is a getpid() system call on Python 3.11.
-        if session is None or self._state is not _State.OPENED:
-            session = self._open()
+        # upscale() and a batch's start checked the event loop (get_running_loop() is a
+        # system call on Python 3.11); a closed client still refuses here.
+        session = self._session if self._state is _State.OPENED else None
+        session = session or self._open()
         stats = self._stats
         stats.requests += 1
         began = time.monotonic()
         traced = _telemetry.upscale_started(scale)  # None unless an OpenTelemetry SDK is set up
         try:
-            # The first attempt is made here, not by the retry loop: nearly every call
-            # succeeds at once, and this path is what a batch's throughput is made of.
-            first: APIError | None = None
-            try:
-                done = await self._attempt(session, image, scale, timeout, 1, policy)
-            except APIError as exc:
-                first = exc
-            if first is not None:
-                done = await _retry.retry_failed(
-                    first,
-                    lambda number: self._attempt(session, image, scale, timeout, number, policy),
-                    policy,
-                    began=began,
-                    what=lambda: f"upscale {loggable_url(image)}",
-                )
-            payload, raw, request_id, attempts = done
+            payload, raw, request_id, attempts = await _retry.retrying(
+                lambda number: self._attempt(session, image, scale, timeout, number, policy),
+                policy,
+                what=lambda: f"upscale {loggable_url(image)}",
+            )
             result = result_from_answer(
                 payload, image, scale, attempts, time.monotonic() - began, request_id, raw
             )
         except BaseException as exc:
             if isinstance(exc, MonicaError):
+                self._scrub(exc, image)
                 stats.failures[type(exc).__name__] += 1
             if traced is not None:
                 traced.failed(exc)
@@ -482,152 +416,51 @@ class MonicaClient:
         number: int,
         policy: RetryPolicy,
     ) -> _Answer:
-        stats = self._stats
-        slots = self._slots
-        auto = self._auto
-        if not slots.try_acquire():
-            if auto is not None:
-                auto.waiting()
-            await slots.acquire()
-        try:
-            limiter = self.rate_limit
-            # The in-process limiters let an attempt that nothing holds back start
-            # without a coroutine; any other limiter is awaited.
-            local = cast(_Booking, limiter) if type(limiter) in _IN_PROCESS_LIMITERS else None
-            if local is not None and local._try_acquire():
-                waited = 0.0
-            else:
-                waited = await limiter.acquire()
-            if auto is not None and slots.free < 0 and stats.in_flight >= auto.limit:
-                # The target came down while this caller waited for the limiter (a
-                # server cap was found) and as many as it allows are in flight: wait
-                # for a place within it before sending.
-                slots.release()
-                auto.waiting()
-                await slots.acquire()
-            stats.limiter_wait += waited
-            started = time.monotonic()
-            if auto is not None:
-                auto.started(started, waited)
-            stats.attempts += 1
-            if number > 1:
-                stats.retries += 1
-            stats.in_flight += 1
-            in_flight = stats.in_flight
-            traced = _telemetry.attempt_started(self._endpoint, number, waited)
-            token = None if traced is None else traced.enter()
-            # The exchange is written out here, not awaited from a method of its own:
-            # one coroutine less on every request's path (measured at zero latency:
-            # about 1 us of the client's CPU per request, within the runs' noise).
-            # The response is awaited and released, not entered with `async with`:
-            # the context managers' four coroutines were 2% of a request's
-            # instructions at zero latency (aiohttp releases the connection itself
-            # once the body is read; release() covers every other way out).
-            headers = self._api_headers
-            body = _request_body(image, scale)
-            status: int | None = None
-            resends = 0
-            try:
-                try:
-                    while True:
-                        opened = connections_opened()
-                        try:
-                            response = await session.post(
-                                self._endpoint,
-                                data=body,
-                                headers=headers,
-                                timeout=timeout,
-                                allow_redirects=False,
-                                proxy=self._proxy,
-                            )
-                            try:
-                                status = response.status
-                                answer_headers = response.headers
-                                if status != 200:
-                                    data, whole = await read_error_body(response), True
-                                elif response.content.is_eof() and not session.trace_configs:
-                                    data, whole = arrived_body(response, MAX_ANSWER_BYTES)
-                                elif declared_within(response, MAX_ANSWER_BYTES):
-                                    data, whole = await response.read(), True
-                                else:
-                                    data, whole = await read_capped(response, MAX_ANSWER_BYTES)
-                            finally:
-                                response.release()
-                            break
-                        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                            # Only a failure before the answer began, on a connection the
-                            # pool handed out again: the server closed it while it sat idle.
-                            if (
-                                status is not None
-                                or isinstance(exc, aiohttp.ClientConnectorError)
-                                or resends >= _STALE_CONNECTION_RESENDS
-                                or not tells_reuse(session)
-                                or connections_opened() != opened
-                            ):
-                                raise
-                            resends += 1
-                            logger.debug(
-                                "POST %s: resent at once, the server had closed the "
-                                "kept-alive connection (%s)",
-                                self._endpoint_path,
-                                type(exc).__name__,
-                            )
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    raise map_transport_error(exc, "POST", self._endpoint) from exc
-                finally:
-                    if logger.isEnabledFor(logging.DEBUG):
-                        logger.debug(
-                            "POST %s -> %s in %.3fs (attempt %d)",
-                            self._endpoint_path,
-                            status if status is not None else "no answer",
-                            time.monotonic() - started,
-                            number,
-                        )
-                done = self._answer(status, data, whole, answer_headers, number)
-            except BaseException as exc:
-                if traced is not None:
-                    traced.leave(token, exc)
-                if not isinstance(exc, RateLimitError):
-                    raise
-                exc.attempts = number
-                stats.rate_limited += 1
-                if auto is not None and (
-                    auto.rate_limited(time.monotonic(), stats.in_flight - 1, in_flight)
-                    is Blame.CONCURRENCY
-                ):
-                    # Too many in flight, not too fast: fewer places, no shared pause.
-                    raise
-                # A Retry-After longer than the policy honours fails this call at once;
-                # pausing every other caller for that long would stall them all.
-                pause = exc.retry_after
-                if pause is not None:
-                    pause = min(pause, policy.max_retry_after)
-                await limiter.on_rate_limited(pause, started)
-                raise
-            finally:
-                stats.in_flight -= 1
-            if traced is not None:
-                traced.leave(token, None)
-            if auto is not None:
-                now = time.monotonic()
-                auto.accepted(now, now - started, in_flight)
-            if local is not None:
-                local._succeeded(started)
-            else:
-                await limiter.on_success(started)
-        finally:
-            slots.release()
-        return done
+        """Attempt *number*: wait for a turn, then one POST, traced, logged and checked.
 
-    def _answer(
-        self, status: int, data: bytes, whole: bool, headers: Mapping[str, str], number: int
-    ) -> _Answer:
-        """Check and decode what attempt *number* got back; raise what it means if not 200."""
-        raw = data.decode("utf-8", errors="replace")
-        rid = request_id(headers)
-        if status != 200:
-            raise status_error(status, raw, headers, url=self._endpoint)
-        if not whole:
+        Every POST is an attempt: it is counted, traced and bounded by the policy, a
+        resend on a connection the server had closed included.
+        """
+        async with self._admission.turn(number, policy.max_retry_after) as turn:
+            with _telemetry.attempt_started(self._endpoint, number, turn.waited):
+                began = time.monotonic()
+                try:
+                    answer = await post_json(
+                        session,
+                        self._endpoint,
+                        {"image": image, "scale": scale},
+                        headers=self._api_headers,
+                        timeout=timeout,
+                        proxy=self._proxy,
+                    )
+                except BaseException:
+                    self._log_attempt(image, None, began, number)
+                    raise
+                self._log_attempt(image, answer, began, number)
+                return self._checked(answer, number)
+
+    def _log_attempt(self, image: str, answer: Answer | None, began: float, number: int) -> None:
+        """One DEBUG line per attempt, naming its input (without the query) and the answer."""
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # the URL is shortened only for a line that is shown
+        rid = None if answer is None else answer.request_id
+        logger.debug(
+            "POST %s for %s -> %s in %.3fs (attempt %d%s)",
+            self._endpoint_path,
+            loggable_url(image),
+            "no answer" if answer is None else answer.status,
+            time.monotonic() - began,
+            number,
+            f", request id {rid}" if rid else "",
+        )
+
+    def _checked(self, answer: Answer, number: int) -> _Answer:
+        """Decode what attempt *number* got back; raise what it means if not a valid 200."""
+        raw = answer.body.decode("utf-8", errors="replace")
+        rid = answer.request_id
+        if answer.status != 200:
+            raise status_error(answer.status, raw, answer.headers, url=self._endpoint)
+        if not answer.whole:
             raise APIResponseValidationError(
                 f"the server answered 200 with a body over {MAX_ANSWER_BYTES // 1024} KiB, "
                 "where the API sends a short JSON object",
@@ -640,7 +473,7 @@ class MonicaClient:
         except ValueError:
             raise APIResponseValidationError(
                 "the server answered 200 with a body that is not JSON: "
-                f"{readable_text(raw, headers.get('content-type', ''), 100)!r}",
+                f"{readable_text(raw, answer.headers.get('content-type', ''), 100)!r}",
                 body=raw,
                 url=self._endpoint,
                 request_id=rid,
@@ -690,39 +523,33 @@ class MonicaClient:
                 before any request.
         """
         scale = validate_scale(scale)
-        timeout, policy = self.timeout, self.retry
         self._open()
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
-        ):
-            raise InvalidRequestError(f"workers must be an integer >= 1, got {workers!r}")
-        growth = self._auto if workers is None else None
-        count = workers or self.max_concurrency or 1
-        if growth is not None:
-            count = growth.wanted()
-        most = count if growth is None else MAX_AUTO_CONCURRENCY
-        size = 2 * most if buffer is None else buffer
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidRequestError(f"buffer must be an integer >= 1, got {buffer!r}")
-        upscale = functools.partial(self._upscale, scale=scale, timeout=timeout, policy=policy)
-        stored = self._upscale_stored
-
-        upscale_one = self._upscale
-
-        def call(image: object) -> Awaitable[UpscaleResult]:
-            if type(image) is str and image.startswith(_WEB_PREFIXES):
-                return upscale_one(image, scale, timeout, policy)  # positional: cheaper
-            return stored(image, upscale, policy, timeout)
-
+        count, growth, size = self._batch_sizes(workers, buffer)
+        call = functools.partial(
+            self._upscale_input, scale=scale, timeout=self.timeout, policy=self.retry
+        )
         return run_batch(
             call,
             images,
+            context=contextvars.copy_context(),  # each input's span a child of the caller's
             on_start=self._open,
             workers=count,
             growth=growth,
             buffer=size,
             ordered=ordered,
         )
+
+    def _batch_sizes(
+        self, workers: int | None, buffer: int | None
+    ) -> tuple[int, AutoConcurrency | None, int]:
+        """A batch's workers to start, the target they grow with, and its buffer."""
+        _check_positive_int("workers", workers)
+        _check_positive_int("buffer", buffer)
+        growth = self._auto if workers is None else None
+        if growth is not None:
+            return growth.wanted(), growth, buffer or 2 * MAX_AUTO_CONCURRENCY
+        count = workers or self.max_concurrency or 1
+        return count, None, buffer or 2 * count
 
     async def upscale_all(
         self,
@@ -793,24 +620,109 @@ class MonicaClient:
         """
         url = result.url if isinstance(result, UpscaleResult) else result
         limit = self.max_download_bytes if max_bytes is None else byte_limit("max_bytes", max_bytes)
-        if isinstance(path, str) and _storage.is_object_url(path):
-            return await self._storage.write(
+        try:
+            if isinstance(path, str) and _storage.is_object_url(path):
+                return await self._storage.write(
+                    self._open(),
+                    url,
+                    path,
+                    limit=limit,
+                    timeout=self._timeout_for(timeout),
+                    policy=self.retry,
+                    allow_insecure_http=self.allow_insecure_http,
+                    proxies=self._env_proxies,
+                )
+            return await _download.download(
                 self._open(),
                 url,
-                path,
+                Path(path),
                 limit=limit,
                 timeout=self._timeout_for(timeout),
                 policy=self.retry,
                 allow_insecure_http=self.allow_insecure_http,
                 proxies=self._env_proxies,
             )
-        return await _download.download(
-            self._open(),
-            url,
-            Path(path),
-            limit=limit,
-            timeout=self._timeout_for(timeout),
-            policy=self.retry,
-            allow_insecure_http=self.allow_insecure_http,
-            proxies=self._env_proxies,
+        except APIError as exc:
+            self._scrub(exc, url)
+            raise
+
+    # -- secrets ------------------------------------------------------------------------
+
+    def _scrub(self, error: MonicaError, *urls: str) -> None:
+        """Hide the API key, and the secrets of *urls* (those sent), in *error* as it leaves.
+
+        The one place the client hands its key to the redaction (``_redact``); errors
+        are built without it, from the exchange's URLs alone.
+        """
+        _redact.scrub_error(error, key=self._api_key, urls=urls)
+
+
+def _check_positive_int(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidRequestError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _checked_retry(retry: RetryPolicy | None) -> RetryPolicy:
+    if retry is None:
+        return RetryPolicy()
+    if not isinstance(retry, RetryPolicy):
+        raise InvalidRequestError(f"retry must be a RetryPolicy, got {retry!r}")
+    return retry
+
+
+def _checked_max_concurrency(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(
+            f"max_concurrency must be an integer or None (automatic), got {value!r}"
         )
+    if value < 1:
+        raise InvalidRequestError(f"max_concurrency must be >= 1, got {value}")
+    return value
+
+
+def _checked_rate_limit(rate_limit: RateLimiter | None) -> RateLimiter | None:
+    if rate_limit is not None and not isinstance(rate_limit, RateLimiter):
+        raise InvalidRequestError(
+            "rate_limit must be a RateLimit, AdaptiveRateLimit, RedisRateLimit or another "
+            f"RateLimiter, got {rate_limit!r}"
+        )
+    return rate_limit
+
+
+def _api_headers(
+    api_key: str, extra: Mapping[str, str] | None, *, injected: bool
+) -> dict[str, str]:
+    """The headers of every API call: the caller's, ours, the key.
+
+    An injected session has a User-Agent of its own, so ours is sent with each call
+    (unless the caller set one, in any case); the session the client makes carries it.
+    """
+    headers = dict(extra or {})
+    names = {name.lower() for name in headers}
+    if "authorization" in names:
+        raise InvalidRequestError("headers must not set Authorization: pass api_key")
+    if injected and "user-agent" not in names:
+        headers = {"User-Agent": USER_AGENT, **headers}
+    return {
+        **headers,
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+
+
+def _auto_concurrency(limiter: RateLimiter, limits: Limits) -> AutoConcurrency:
+    """The automatic concurrency target for a client whose limiter is *limiter*, within
+    the key's in-flight limit when *limits* states one."""
+    rate = limiter_rate(limiter)
+    most = limits.in_flight or MAX_AUTO_CONCURRENCY
+    return AutoConcurrency(
+        min(DEFAULT_MAX_CONCURRENCY, most),
+        most,
+        rate,
+        # A rate set by the user, not learned (a RedisRateLimit's, say).
+        fixed_rate=not hasattr(limiter, "rate") and rate() is not None,
+        burst=limiter_burst(limiter),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Iterable
 from typing import Any, Final
 
 import aiohttp
@@ -82,6 +83,25 @@ def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> Non
         raise InvalidRequestError(f"{attribute.name} must be an integer >= 1, got {value!r}")
 
 
+def _statuses(value: Iterable[int]) -> frozenset[int]:
+    """``retry_statuses`` as a frozenset, from any iterable of HTTP statuses.
+
+    A function rather than ``frozenset`` itself, whose generic signature type checkers
+    cannot read as the argument's type.
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidRequestError(
+            f"retry_statuses must be HTTP statuses such as {{429, 503}}, got {value!r}"
+        )
+    statuses = frozenset(value)
+    for status in statuses:
+        if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+            raise InvalidRequestError(
+                f"retry_statuses must be HTTP statuses (integers 100 to 599), got {status!r}"
+            )
+    return statuses
+
+
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """When and how long to retry a failed attempt.
@@ -99,7 +119,8 @@ class RetryPolicy:
             once with the 429/503 error instead of sleeping for minutes.
         deadline: Seconds from the first attempt after which no retry starts
             (``None``: no deadline). A retry whose wait would pass it is not made.
-        retry_statuses: HTTP statuses worth retrying.
+        retry_statuses: HTTP statuses worth retrying: any iterable of ints (a set, a
+            list, a range), kept as a frozenset.
 
     Retries cost money: the API bills per call, and a call that timed out on our
     side may have been executed (and billed) by the server.
@@ -111,7 +132,7 @@ class RetryPolicy:
     max_retry_after: float = attrs.field(default=DEFAULT_MAX_RETRY_AFTER, validator=_non_negative)
     deadline: float | None = attrs.field(default=DEFAULT_DEADLINE, validator=_positive_or_none)
     retry_statuses: frozenset[int] = attrs.field(
-        default=DEFAULT_RETRY_STATUSES, converter=frozenset
+        default=DEFAULT_RETRY_STATUSES, converter=_statuses
     )
 
     def backoff(self, retry_number: int, jitter: float) -> float:

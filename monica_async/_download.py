@@ -17,20 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import re
 import secrets
+import time
 import warnings
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from . import _retry, _telemetry
 from ._config import RetryPolicy
-from ._exceptions import APIConnectionError, APIResponseValidationError, InvalidRequestError
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    InvalidRequestError,
+)
 from ._http import (
     USER_AGENT,
     EnvProxies,
@@ -39,6 +46,7 @@ from ._http import (
     read_error_body,
     status_error,
 )
+from ._redact import safe_url
 from ._validation import is_loopback_host, validate_image_url
 
 try:
@@ -54,9 +62,14 @@ __all__ = [
     "image_body",
     "image_is_complete",
     "is_temporary_name",
+    "logged_attempt",
     "looks_like_image",
     "remove_stale_temporaries",
 ]
+
+logger = logging.getLogger("monica_async")
+
+T = TypeVar("T")
 
 _IMAGE_MAGIC: Final = (
     b"\x89PNG\r\n\x1a\n",
@@ -200,11 +213,44 @@ async def download(
     proxy = None if proxies is None else proxies.for_url(url)
 
     async def attempt(number: int) -> Path:
-        once = _download_once(session, url, target, limit, timeout, proxy)
-        traced = _telemetry.download_started(url, number)  # None unless OpenTelemetry is set up
-        return await (once if traced is None else traced.track(once))
+        with _telemetry.download_started(url, number):
+            once = _download_once(session, url, target, limit, timeout, proxy)
+            return await logged_attempt(once, url, str(target), number)
 
     return await _retry.retrying(attempt, policy, what=lambda: f"download {loggable_url(url)}")
+
+
+async def logged_attempt(call: Awaitable[T], url: str, target: str, number: int) -> T:
+    """Await download attempt *number*, *call*, and log it at DEBUG.
+
+    One line per attempt, as for API calls, naming the image (its URL without the
+    query) and where it goes, so that the lines of a batch's downloads can be told
+    apart: ``GET https://cdn.test/r.png -> 200 in 0.052s (attempt 1, to out/cat.png)``.
+    """
+    if not logger.isEnabledFor(logging.DEBUG):
+        return await call
+    started = time.monotonic()
+    outcome = "no answer"
+    try:
+        answer = await call
+    except APIStatusError as exc:
+        outcome = str(exc.status)
+        raise
+    except BaseException as exc:
+        outcome = f"failed ({type(exc).__name__})"
+        raise
+    else:
+        outcome = "200"
+    finally:
+        logger.debug(
+            "GET %s -> %s in %.3fs (attempt %d, to %s)",
+            loggable_url(url),
+            outcome,
+            time.monotonic() - started,
+            number,
+            target,
+        )
+    return answer
 
 
 class ImageBody:
@@ -217,8 +263,15 @@ class ImageBody:
     :meth:`confirm` for the formats only decoding can tell.
     """
 
-    def __init__(self, url: str, response: aiohttp.ClientResponse, limit: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        response: aiohttp.ClientResponse,
+        limit: int,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> None:
         self.url = url
+        self._timeout = timeout
         self.content_type = response.headers.get("content-type", "")
         self._response = response
         self._limit = limit
@@ -245,7 +298,7 @@ class ImageBody:
                     raise _not_downloadable(url, f"is over the {limit}-byte limit")
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise map_transport_error(exc, "GET", url) from exc
+            raise map_transport_error(exc, "GET", url, timeout=self._timeout) from exc
         if size == 0:
             raise _not_downloadable(url, "is empty")
         if not (self.content_type.startswith("image/") or looks_like_image(first)):
@@ -308,9 +361,9 @@ async def image_body(
             expected = response.content_length
             if expected is not None and expected > limit:
                 raise _not_downloadable(url, f"is {expected} bytes, over the {limit} limit")
-            yield ImageBody(url, response, limit)
+            yield ImageBody(url, response, limit, timeout)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise map_transport_error(exc, "GET", url) from exc
+        raise map_transport_error(exc, "GET", url, timeout=timeout) from exc
 
 
 def _create_temporary(target: Path) -> tuple[Path, int]:
@@ -345,8 +398,12 @@ async def _download_once(
     timeout: aiohttp.ClientTimeout,
     proxy: str | None,
 ) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fd = _create_temporary(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp, fd = _create_temporary(target)
+    except OSError as exc:
+        _raise_unwritable(exc, target)
+        raise
     try:
         with os.fdopen(fd, "wb") as out:
             async with image_body(session, url, limit=limit, timeout=timeout, proxy=proxy) as body:
@@ -359,19 +416,33 @@ async def _download_once(
                 os.replace(tmp, target)
         if fcntl is None:  # pragma: no cover - Windows cannot rename an open file
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, aiohttp.ClientError):
+            _raise_unwritable(exc, target)
         raise
     return target
 
 
+def _raise_unwritable(error: OSError, target: Path) -> None:
+    """Raise *error* of the local disk again naming *target*, the file the caller asked
+    for, instead of its temporary file; return if there is nothing to say better."""
+    if error.errno is not None:
+        # OSError() picks the subclass of the errno: PermissionError, FileNotFoundError...
+        raise OSError(error.errno, error.strerror or str(error), str(target)) from error
+
+
 def _not_downloadable(url: str, why: str) -> APIResponseValidationError:
-    return APIResponseValidationError(f"the download from {url[:200]} {why}", method="GET", url=url)
+    shown = safe_url(url)
+    return APIResponseValidationError(
+        f"the download from {shown[:200]} {why}", method="GET", url=shown
+    )
 
 
 def _cut_short(url: str, what: str) -> APIConnectionError:
     # Retried like a dropped connection: the next attempt may well get it all.
+    shown = safe_url(url)
     return APIConnectionError(
-        f"GET {url} failed: the image was cut short ({what})", method="GET", url=url
+        f"GET {shown} failed: the image was cut short ({what})", method="GET", url=shown
     )

@@ -17,15 +17,19 @@ The tree::
             ├── NotFoundError              404
             ├── ConflictError              409
             ├── UnprocessableEntityError   422
-            ├── RateLimitError             429
+            ├── RateLimitError             429 (sending too fast: pace, then retry)
+            ├── QuotaExceededError         429 (the balance is spent: never retried)
             └── InternalServerError        >= 500
+
+The two 429s are told apart by :func:`is_quota_exhausted`, the one place that reads
+Monica's quota wording.
 
 Messages never contain the API key, a storage credential or a presigned URL's query.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 __all__ = [
     "APIConnectionError",
@@ -41,6 +45,7 @@ __all__ = [
     "MonicaError",
     "NotFoundError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "RateLimiterUnavailableError",
     "StorageError",
@@ -142,7 +147,16 @@ def _rebuild(cls: type[APIError], message: str) -> APIError:
 
 
 class APIConnectionError(APIError):
-    """The server could not be reached, or the connection broke."""
+    """The server could not be reached, or the connection broke.
+
+    Attributes:
+        reused_connection: The request failed on a kept-alive connection before any
+            byte of an answer came (the server may have closed it while it sat idle):
+            it is sent again at once rather than after a backoff, and still counts as
+            an attempt, since the server may have received it.
+    """
+
+    reused_connection: bool = False
 
 
 class APITimeoutError(APIConnectionError):
@@ -240,6 +254,19 @@ class RateLimitError(APIStatusError):
     status_code: ClassVar[int | None] = 429
 
 
+class QuotaExceededError(APIStatusError):
+    """429 for want of balance: the key's quota is spent; no retry can help.
+
+    Monica words it "You exceeded your current quota, please check your plan and
+    billing details". Unlike :class:`RateLimitError` it is never retried and does not
+    slow the rate limiter down; in a batch it stops the sending, as a refused key
+    does: the inputs not yet sent get this error without a request. Top the balance
+    up, then send what failed again.
+    """
+
+    status_code: ClassVar[int | None] = 429
+
+
 class InternalServerError(APIStatusError):
     """A 5xx answer: the server failed."""
 
@@ -259,8 +286,37 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
-def status_error_class(status: int) -> type[APIStatusError]:
-    """Return the most specific error class for an HTTP *status*."""
+#: Error codes of a spent balance: Monica's is not published; this is the usual one.
+_QUOTA_CODES: Final = frozenset({"insufficient_quota", "quota_exceeded", "insufficient_balance"})
+#: Phrases of a spent balance, lower case: Monica's wording first.
+_QUOTA_PHRASES: Final = (
+    "exceeded your current quota",
+    "check your plan and billing",
+    "insufficient_quota",
+    "insufficient quota",
+    "insufficient balance",
+)
+
+
+def is_quota_exhausted(code: str | None, message: str | None) -> bool:
+    """Tell whether a 429's error *code* or *message* says the balance is spent.
+
+    Either is enough, in any case and spacing: Monica documents the message ("You
+    exceeded your current quota, please check your plan and billing details") but
+    not the code, which is ``insufficient_quota`` on platforms using that wording.
+    """
+    if code and code.strip().casefold() in _QUOTA_CODES:
+        return True
+    text = " ".join((message or "").casefold().split())
+    return any(phrase in text for phrase in _QUOTA_PHRASES)
+
+
+def status_error_class(
+    status: int, code: str | None = None, message: str | None = None
+) -> type[APIStatusError]:
+    """Return the most specific error class for an HTTP *status* and its error body."""
     if status >= 500:
         return InternalServerError
+    if status == 429 and is_quota_exhausted(code, message):
+        return QuotaExceededError
     return _BY_STATUS.get(status, APIStatusError)

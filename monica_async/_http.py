@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import ipaddress
 import json
+import os
 import platform
 import re
 import urllib.request
@@ -33,6 +35,7 @@ from ._exceptions import (
     excerpt,
     status_error_class,
 )
+from ._redact import safe_url, scrub_error
 from ._text import without_object_reprs
 from ._validation import is_loopback_host
 from ._version import __version__
@@ -42,7 +45,6 @@ __all__ = [
     "USER_AGENT",
     "EnvProxies",
     "ReuseAwareConnector",
-    "arrived_body",
     "connections_opened",
     "declared_within",
     "loggable_url",
@@ -83,12 +85,7 @@ def request_id(headers: Mapping[str, str]) -> str | None:
 
 def loggable_url(url: str) -> str:
     """*url* without credentials, query or fragment (a presigned URL's signature), shortened."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port is not None else ""
-    return excerpt(f"{parts.scheme}://{host}{port}{parts.path}", 80)
+    return excerpt(safe_url(url), 80)
 
 
 def parse_error_body(raw: str) -> tuple[str | None, str | None]:
@@ -112,24 +109,10 @@ def parse_error_body(raw: str) -> tuple[str | None, str | None]:
     return None, message if isinstance(message, str) and message else None
 
 
-def arrived_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body of *response* once all of it has arrived (``content.is_eof()``), taken
-    without a coroutine; up to *limit* bytes, and whether that was the whole of it.
-
-    A short answer nearly always comes with its headers: at zero latency, taking it
-    this way instead of through ``read()`` saved 4% of a request's instructions.
-    Only for a session without trace configs (``read()`` is what reports the body's
-    chunk to them).
-    """
-    data = response.content.read_nowait(-1)
-    return (data, True) if len(data) <= limit else (data[:limit], False)
-
-
 def declared_within(response: aiohttp.ClientResponse, limit: int) -> bool:
     """Whether *response* declares a length of at most *limit* bytes, uncompressed.
 
-    Then nothing more can come, and aiohttp's own ``read()`` is the cheapest way to
-    read it (no coroutine of ours around it: this is every API answer's path).
+    Then nothing more can come, and aiohttp's own ``read()`` reads it whole.
     """
     length = response.content_length
     return length is not None and length <= limit and "content-encoding" not in response.headers
@@ -227,7 +210,11 @@ def readable_text(raw: str, content_type: str = "", limit: int = _MESSAGE_LIMIT)
 def status_error(
     status: int, raw: str, headers: Mapping[str, str], *, url: str, method: str = "POST"
 ) -> APIStatusError:
-    """Build the error for a non-200 answer; reading the body never raises."""
+    """Build the error for a non-200 answer to a request for *url*; never raises.
+
+    The error shows *url* as :func:`~monica_async._redact.safe_url` makes it, and the
+    secrets of *url* are hidden in its message and body (servers quote what they got).
+    """
     code, message = parse_error_body(raw)
     rid = request_id(headers)
     if message is None:
@@ -239,7 +226,7 @@ def status_error(
             f"unexpected redirect to {headers.get('location', '?')!r}; redirects are not "
             f"followed so that the API key never leaves the API host ({message})"
         )
-    error = status_error_class(status)(
+    error = status_error_class(status, code, message)(
         message,
         status=status,
         code=code,
@@ -252,28 +239,43 @@ def status_error(
     hint = headers.get("x-should-retry", "").strip().lower()
     if hint in ("true", "false"):
         error.should_retry_hint = hint == "true"  # type: ignore[attr-defined]
+    scrub_error(error, urls=(url,))
     return error
 
 
-def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
+def map_transport_error(
+    exc: BaseException,
+    method: str,
+    url: str,
+    *,
+    timeout: aiohttp.ClientTimeout | float | None = None,
+) -> APIError:
     """Map an aiohttp or timeout error to the library's error (the one boundary).
 
-    The original is redacted in place, since it becomes the ``__cause__``.
+    *timeout*: the timeout the request ran under, so that a timeout's message names
+    the limit it hit. The error shows *url* without its secrets, and the original
+    (which becomes its ``__cause__``) has them hidden in place.
     """
-    _redact_request_info(exc)
+    scrub_error(exc, urls=(url,))
+    shown = safe_url(url)
     if isinstance(exc, TimeoutError):
-        return APITimeoutError(
-            f"{method} {url} timed out ({type(exc).__name__})", method=method, url=url
-        )
+        message = f"{method} {shown} timed out{_timeout_detail(exc, timeout)}; {_TIMEOUT_HINT}"
+        return APITimeoutError(message, method=method, url=shown)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         detail = (
             f"cannot connect to the proxy {exc.host}:{exc.port} "
-            f"({exc.os_error.strerror or exc.os_error}); check HTTPS_PROXY / HTTP_PROXY"
+            f"({_os_reason(exc.os_error)}); check HTTPS_PROXY / HTTP_PROXY"
         )
+    elif isinstance(exc, aiohttp.ClientConnectorDNSError):
+        detail = f"cannot find the host {exc.host!r} ({_os_reason(exc.os_error)})"
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        detail = (
-            f"cannot connect to {exc.host}:{exc.port} ({exc.os_error.strerror or exc.os_error})"
-        )
+        if exc.os_error.errno == errno.ECONNREFUSED:
+            detail = (
+                f"cannot connect to {exc.host}:{exc.port}: connection refused "
+                "(no server listens on that port)"
+            )
+        else:
+            detail = f"cannot connect to {exc.host}:{exc.port} ({_os_reason(exc.os_error)})"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         detail = "the server closed the connection without answering"
     elif isinstance(exc, aiohttp.ClientHttpProxyError):
@@ -285,25 +287,39 @@ def map_transport_error(exc: BaseException, method: str, url: str) -> APIError:
     else:
         text = without_object_reprs(str(exc))
         detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return APIConnectionError(f"{method} {url} failed: {detail}", method=method, url=url)
+    error = APIConnectionError(f"{method} {shown} failed: {detail}", method=method, url=shown)
+    scrub_error(error, urls=(url,))
+    return error
 
 
-def _redact_request_info(exc: BaseException) -> None:
-    """Hide the API key that aiohttp keeps in ``ClientResponseError.request_info``.
+_TIMEOUT_HINT: Final = "pass a larger timeout= to MonicaClient or to the call"
 
-    Its ``repr`` (shown by debuggers, test runners and ``%r`` logging) prints the
-    request headers, ``Authorization`` included.
-    """
-    if not isinstance(exc, aiohttp.ClientResponseError):
-        return
-    info = exc.request_info
-    if info is None or "Authorization" not in info.headers:
-        return
-    headers = info.headers.copy()
-    headers["Authorization"] = "<redacted>"
-    redacted = info._replace(headers=type(info.headers)(headers))
-    exc.request_info = redacted
-    exc.args = (redacted, exc.history)
+
+def _timeout_detail(exc: BaseException, timeout: aiohttp.ClientTimeout | float | None) -> str:
+    """Which limit of *timeout* the attempt hit, in seconds, as a message goes on."""
+    if isinstance(timeout, int | float):
+        timeout = aiohttp.ClientTimeout(total=float(timeout))
+    if timeout is None:
+        return f" ({type(exc).__name__})"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # connect (a pooled connection included) or sock_connect: the shorter ran out.
+        limits = [t for t in (timeout.connect, timeout.sock_connect) if t is not None]
+        if limits:
+            return f": no connection within {min(limits):g}s (the connect limit of timeout=)"
+    elif isinstance(exc, aiohttp.ServerTimeoutError):
+        if timeout.sock_read is not None:
+            return f": no data for {timeout.sock_read:g}s (the sock_read limit of timeout=)"
+    elif timeout.total is not None:
+        return f" after {timeout.total:g}s (the timeout of one attempt)"
+    return f" ({type(exc).__name__})"
+
+
+def _os_reason(error: OSError) -> str:
+    """What went wrong, in the system's words: asyncio words a refused connect as
+    ``Connect call failed ('127.0.0.1', 80)``, which says less than ``Connection refused``."""
+    if isinstance(error.errno, int) and error.errno > 0:
+        return os.strerror(error.errno)
+    return error.strerror or str(error) or type(error).__name__
 
 
 @attrs.frozen

@@ -3,13 +3,19 @@
 Loggers (standard :mod:`logging`, silent until the application configures them):
 
 - ``monica_async``: the client. DEBUG: one line per HTTP attempt (method, path,
-  status or "no answer", seconds, attempt number). INFO: one line per retry (what,
+  status or "no answer", seconds, attempt number; a download's line also names the
+  image's URL and the file or object it goes to). INFO: one line per retry (what,
   the wait, the reason, attempt n of m), and a shared Redis limit that is reachable
-  again. WARNING: a shared Redis limit that became unreachable.
+  again. WARNING: a batch that stops sending requests (the key was refused), and a
+  shared Redis limit that became unreachable.
 - ``monica_async.testing``: the fake server. ERROR: a failure of the server itself.
 
 URLs in log lines lose their credentials, query and fragment; the API key never
 appears.
+
+``MONICA_LOG``'s handler steps aside for a record that another handler prints
+already (the application's ``logging.basicConfig()``, say, or the command line's
+``-v``): the variable then only sets the level, and nothing is printed twice.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["LOG_ENV", "configure_from_environment"]
+__all__ = ["LOG_ENV", "configure_from_environment", "handled_elsewhere"]
 
 LOG_ENV: Final = "MONICA_LOG"
 _LEVELS: Final = {"info": logging.INFO, "debug": logging.DEBUG}
@@ -36,7 +42,8 @@ def configure_from_environment(
 
     Adds one stderr handler to the ``monica_async`` logger (never twice) and sets its
     level; returns the handler, or ``None`` when the variable is unset or empty. Any
-    other value is ignored with a warning that names the accepted ones.
+    other value is ignored with a warning that names the accepted ones. The handler
+    prints only the records no other handler prints (:func:`handled_elsewhere`).
     """
     raw = environ.get(LOG_ENV, "")
     if not raw.strip():
@@ -57,5 +64,23 @@ def configure_from_environment(
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.addFilter(lambda record: not handled_elsewhere(record, handler))
     logger.addHandler(handler)
     return handler
+
+
+def handled_elsewhere(record: logging.LogRecord, handler: logging.Handler) -> bool:
+    """Whether a handler other than *handler* prints *record*.
+
+    The handlers that see a record are those of its logger and of each ancestor, up
+    to a logger that does not propagate; one of them prints it when its level lets
+    the record through. Decided for each record, so that it holds whether the
+    application configured logging before importing the library or after.
+    """
+    current: logging.Logger | None = logging.getLogger(record.name)
+    while current is not None:
+        for other in current.handlers:
+            if other is not handler and record.levelno >= other.level:
+                return True
+        current = current.parent if current.propagate else None
+    return False

@@ -1,6 +1,14 @@
 """Retries: which failures are worth another attempt, and how long to wait.
 
 tenacity runs the loop; users only ever see :class:`~monica_async.RetryPolicy`.
+
+The first attempt is made before tenacity is set up (:func:`retrying`), because nearly
+every call succeeds at once and tenacity's async controller costs more than the rest of
+the client together: measured with ``python -m benchmarks --only overhead`` (an
+in-process stand-in session), the client's own CPU per request is 22-28 us over a raw
+loop with the first attempt made directly, and 87-110 us with tenacity driving it; at
+zero latency that is the difference between 0.8 and 0.5 of raw aiohttp's throughput.
+Every retry runs in tenacity, which a call that fails sets up once.
 """
 
 from __future__ import annotations
@@ -19,9 +27,10 @@ from typing import TypeVar
 import tenacity
 
 from ._config import RetryPolicy
-from ._exceptions import APIConnectionError, APIError, APIStatusError
+from ._exceptions import APIConnectionError, APIError, APIStatusError, QuotaExceededError
+from ._refusal import unless_refused
 
-__all__ = ["is_testing", "parse_retry_after", "retry_failed", "retrying", "set_testing"]
+__all__ = ["is_testing", "parse_retry_after", "retrying", "set_testing"]
 
 logger = logging.getLogger("monica_async")
 
@@ -52,7 +61,8 @@ def is_testing() -> bool:
 
 
 async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(0 if _testing else seconds)
+    # A batch refused meanwhile (a wrong key, a spent balance) ends the wait at once.
+    await unless_refused(lambda: asyncio.sleep(0 if _testing else seconds))
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -92,18 +102,51 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     if not isinstance(exc, APIError):
         # Never CancelledError, never a bug of ours: only the library's API errors.
         return False
+    if isinstance(exc, QuotaExceededError):
+        # Not even on a server's x-should-retry: true; only a top-up helps.
+        return False
     if isinstance(exc, APIStatusError):
-        hint = getattr(exc, "should_retry_hint", None)
-        retry = bool(hint) if hint is not None else exc.status in policy.retry_statuses
-        if retry and exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
-            return False
-        return retry
+        return _retried_status(exc, policy) and not _waits_too_long(exc, policy)
     return isinstance(exc, APIConnectionError)
+
+
+def _retried_status(exc: APIStatusError, policy: RetryPolicy) -> bool:
+    hint = getattr(exc, "should_retry_hint", None)
+    return bool(hint) if hint is not None else exc.status in policy.retry_statuses
+
+
+def _waits_too_long(exc: APIStatusError, policy: RetryPolicy) -> bool:
+    return exc.retry_after is not None and exc.retry_after > policy.max_retry_after
+
+
+def _say_why_not_retried(exc: APIError, policy: RetryPolicy) -> None:
+    """Add to *exc*'s message that it was not retried for its ``Retry-After`` alone.
+
+    Such an answer would have been retried; only the wait it asks for is longer than
+    the policy honours, which the bare answer (``HTTP 429: slow down``) does not say.
+    """
+    if not (
+        isinstance(exc, APIStatusError)
+        and _retried_status(exc, policy)
+        and _waits_too_long(exc, policy)
+    ) or exc.message.endswith(_RAISE_IT):
+        return
+    assert exc.retry_after is not None
+    exc.message += (
+        f"; not retried: the server asked to wait {exc.retry_after:g}s (Retry-After), "
+        f"longer than RetryPolicy(max_retry_after={policy.max_retry_after:g}){_RAISE_IT}"
+    )
+    exc.args = (exc.message,)
+
+
+_RAISE_IT = "; raise max_retry_after to wait that long"
 
 
 def _wait_for(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
     def wait(state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, APIConnectionError) and exc.reused_connection:
+            return 0.0  # a kept-alive connection the server had closed: no backoff needed
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             # A little positive jitter, so callers told the same time do not wake together.
@@ -153,10 +196,10 @@ async def retrying(
         return await attempt(1)
     except APIError as exc:
         first = exc
-    return await retry_failed(first, attempt, policy, began=began, what=what, on_retry=on_retry)
+    return await _retry_failed(first, attempt, policy, began=began, what=what, on_retry=on_retry)
 
 
-async def retry_failed(
+async def _retry_failed(
     first: APIError,
     attempt: Callable[[int], Awaitable[T]],
     policy: RetryPolicy,
@@ -165,15 +208,13 @@ async def retry_failed(
     what: str | Callable[[], str],
     on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
-    """Go on after the first attempt, begun at *began*, failed with *first*.
-
-    The first attempt runs outside tenacity (callers make it themselves): nearly
-    every call succeeds at once, and building and driving tenacity's controller
-    costs more CPU per call (measured ~140 us on loopback) than the rest of the
-    client together. Raises *first* when it is not worth a retry.
-    """
+    """Go on after the first attempt, begun at *began*, failed with *first*; raise
+    *first* when it is not worth a retry."""
     first.attempts = 1
-    if policy.max_attempts == 1 or not should_retry(first, policy):
+    if policy.max_attempts == 1:
+        raise first
+    if not should_retry(first, policy):
+        _say_why_not_retried(first, policy)
         raise first
 
     async def replay(number: int) -> T:
@@ -209,5 +250,6 @@ async def retry_failed(
                 return await replay(number)
             except APIError as exc:
                 exc.attempts = number
+                _say_why_not_retried(exc, policy)
                 raise
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover

@@ -22,9 +22,10 @@ What is emitted (names that dashboards can rely on):
   but ``url.full``; histogram ``monica.limiter.wait`` (s) per attempt; counter
   ``monica.upscale.outcomes`` with ``outcome`` = ``ok`` or the error's class name.
 
-Nothing carries the API key, and URLs (in ``url.full`` and in error descriptions)
-lose their query, where presigned URLs keep their signature; an error answer's
-body is left out, as it may quote them. While an attempt's span
+Nothing carries the API key, and URLs lose their query, where presigned URLs keep
+their signature (``url.full`` drops it, an error description shows ``?<redacted>``);
+the body of an error answer, or of a 200 that breaks the contract, is left out, as it
+may quote them. While an attempt's span
 is current, OpenTelemetry's "suppress HTTP instrumentation" context key is set, so
 that opentelemetry-instrumentation-aiohttp-client does not add a second span (and a
 second duration) for the same request.
@@ -32,16 +33,17 @@ second duration) for the same request.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-import re
 import time
-from collections.abc import Awaitable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 from ._exceptions import APIError, APIResponseValidationError, APIStatusError
+from ._redact import safe_url, scrub_text
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ __all__ = [
     "upscale_started",
 ]
 
-T = TypeVar("T")
+#: The context of an attempt that nothing traces.
+_UNTRACED: Final = contextlib.nullcontext()
 
 SCOPE: Final = "monica_async"
 UPSCALE_SPAN: Final = "monica.upscale"
@@ -72,9 +75,6 @@ _DURATION_BUCKETS: Final = (
 )
 _WAIT_BUCKETS: Final = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-#: A URL's query or fragment, and credentials before its host.
-_URL_QUERY: Final = re.compile(r"(\bhttps?://[^\s?#'\"]*)[?#][^\s'\"]*")
-_URL_CREDENTIALS: Final = re.compile(r"(\bhttps?://)[^\s/@'\"]+@")
 _DESCRIPTION_LIMIT: Final = 300
 
 try:
@@ -205,11 +205,14 @@ def upscale_started(scale: int) -> _Upscale | None:
     return None if tools is None else _Upscale(tools, scale)
 
 
-def attempt_started(url: str, number: int, limiter_wait: float) -> _Attempt | None:
-    """Start tracing API attempt *number*, which waited *limiter_wait* s for the limiter."""
+def attempt_started(
+    url: str, number: int, limiter_wait: float
+) -> contextlib.AbstractContextManager[object]:
+    """Trace API attempt *number*, which waited *limiter_wait* s for the limiter, for the
+    ``with`` block of its exchange (a do-nothing context without an SDK)."""
     upscale = _upscale.get()
     if upscale is None:
-        return None
+        return _UNTRACED
     upscale.attempts += 1
     upscale.limiter_wait += limiter_wait
     tools = upscale.tools
@@ -218,12 +221,12 @@ def attempt_started(url: str, number: int, limiter_wait: float) -> _Attempt | No
     return _Attempt(tools, "POST", url, number)
 
 
-def download_started(url: str, number: int) -> _Attempt | None:
-    """Start tracing download attempt *number*; ``None`` without an SDK."""
+def download_started(url: str, number: int) -> contextlib.AbstractContextManager[object]:
+    """Trace download attempt *number* for a ``with`` block (a do-nothing one without an SDK)."""
     if not _configured():
-        return None
+        return _UNTRACED
     tools = _Tools.current()
-    return None if tools is None else _Attempt(tools, "GET", url, number)
+    return _UNTRACED if tools is None else _Attempt(tools, "GET", url, number)
 
 
 class _Upscale:
@@ -276,7 +279,7 @@ class _Upscale:
 class _Attempt:
     """The span and duration of one HTTP attempt."""
 
-    __slots__ = ("attributes", "began", "span", "tools")
+    __slots__ = ("attributes", "began", "span", "token", "tools")
 
     def __init__(self, tools: _Tools, method: str, url: str, number: int) -> None:
         self.tools = tools
@@ -293,30 +296,26 @@ class _Attempt:
                 attributes["http.request.resend_count"] = number - 1
             self.span = tools.tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         self.began = time.monotonic()
+        self.token: object = None
 
-    async def track(self, call: Awaitable[T]) -> T:
-        """Await *call*, the attempt itself, under this span; record how it ended."""
-        token = self.enter()
-        try:
-            answer = await call
-        except BaseException as exc:
-            self.leave(token, exc)
-            raise
-        self.leave(token, None)
-        return answer
-
-    def enter(self) -> object:
-        """Make this span current for the attempt's exchange; a token for :meth:`leave`."""
+    def __enter__(self) -> _Attempt:
+        """Make this span current for the attempt's exchange."""
         context = otel_context.get_current()
         if self.span is not None:
             context = otel_trace.set_span_in_context(self.span, context)
         if _SUPPRESS_HTTP is not None:
             context = otel_context.set_value(_SUPPRESS_HTTP, True, context)
-        return otel_context.attach(context)
+        self.token = otel_context.attach(context)
+        return self
 
-    def leave(self, token: object, exc: BaseException | None) -> None:
-        """End the attempt :meth:`enter` began: it raised *exc*, or succeeded."""
-        otel_context.detach(token)  # type: ignore[arg-type]
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End the attempt: it raised *exc*, or succeeded."""
+        otel_context.detach(self.token)  # type: ignore[arg-type]
         self._end(exc)
 
     def _end(self, exc: BaseException | None) -> None:
@@ -357,21 +356,23 @@ def _target(url: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 0)
-    shown = f"[{host}]" if ":" in host else host
-    netloc = shown if parts.port is None else f"{shown}:{parts.port}"
-    return host, port, f"{parts.scheme}://{netloc}{parts.path}"
+    return host, port, safe_url(url)
 
 
 def describe(exc: BaseException) -> str:
     """*exc* for a span's status: its class and message, URLs without query or credentials.
 
-    Of an answer that is not 200, only the status and the body's error code: an error
-    page may quote what it was sent, a presigned URL's signature included.
+    Of an answer that is not 200, or a 200 that breaks the contract, only the status
+    and the body's error code: a body may quote what it was sent, a presigned URL's
+    signature or the API key included (the span of an attempt ends before the client
+    hides the key in the error).
     """
     if isinstance(exc, APIStatusError):
         text = f"HTTP {exc.status}" + (f" {exc.code[:100]}" if exc.code else "")
+    elif isinstance(exc, APIResponseValidationError):
+        text = f"HTTP {exc.status}, a body that breaks the contract"
     else:
-        text = _URL_CREDENTIALS.sub(r"\1", _URL_QUERY.sub(r"\1", str(exc)))
+        text = scrub_text(str(exc))
     if len(text) > _DESCRIPTION_LIMIT:
         text = text[:_DESCRIPTION_LIMIT] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -172,3 +173,34 @@ class ServerThread:
         self.run(self.server.stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+
+def _refuses_files(folder: Path) -> bool:
+    """Whether no file can be created in *folder*."""
+    probe = folder / ".monica-test-probe"
+    try:
+        probe.touch()
+    except OSError:
+        return True
+    probe.unlink()
+    return False
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory in which no file can be created, as on a read-only mount.
+
+    A folder of mode 0555; for root, whom modes do not stop, the sysfs root (Linux),
+    which refuses new files to anyone.
+    """
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        for candidate in (folder, Path("/sys")):
+            if candidate.is_dir() and _refuses_files(candidate):
+                yield candidate
+                return
+        pytest.skip("no directory here refuses new files")
+    finally:
+        folder.chmod(0o755)

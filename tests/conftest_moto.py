@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -38,6 +39,9 @@ _AWS_VARIABLES = (
     "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
     "AWS_DEFAULT_REGION",
 )
+#: Prefixes of the variables through which a store of another cloud finds an account
+#: or credentials.
+_OTHER_CLOUDS = ("GOOGLE_", "GCE_", "AZURE_", "IDENTITY_", "MSI_")
 REGION = "us-east-1"
 # urllib honours *_proxy variables; moto is on loopback and must be reached directly.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -113,6 +117,46 @@ def aws_environment(
     }
 
 
+def credential_free_environment(home: Path) -> dict[str, str]:
+    """Settings under which no store finds credentials, and none asks another machine.
+
+    Every cloud's metadata service (where a store without credentials goes looking)
+    is pointed at a loopback port where nothing listens, and ``HOME`` at *home*, so
+    that no credentials file of the machine is read.
+    """
+    closed = f"127.0.0.1:{_free_port()}"
+    return {
+        "AWS_METADATA_ENDPOINT": f"http://{closed}",
+        "GCE_METADATA_HOST": closed,
+        "GCE_METADATA_IP": closed,
+        "AZURE_MSI_ENDPOINT": f"http://{closed}/msi",
+        "HOME": str(home),
+    }
+
+
+@pytest.fixture
+def no_credentials(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
+    """No cloud credentials in this process (the moto endpoint stays); return the variables.
+
+    The returned variables are those a child process needs on top of an environment
+    cleared of ``AWS_*`` (see ``Cli(cleared=...)``).
+    """
+    for name in list(os.environ):
+        if name.startswith(_OTHER_CLOUDS):
+            monkeypatch.delenv(name)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    env = credential_free_environment(tmp_path / "home")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    kept = {
+        k: v for k, v in s3_env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    return {**kept, **env}
+
+
 @attrs.define
 class Bucket:
     """A fresh bucket on the moto server, with helpers to look inside it."""
@@ -149,7 +193,19 @@ class Bucket:
 
     def open_uploads(self) -> int:
         """Multipart uploads started and neither completed nor aborted."""
-        return len(self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", []))
+        return len(self.upload_keys())
+
+    def upload_keys(self) -> list[str]:
+        """The keys of the multipart uploads started and neither completed nor aborted."""
+        found = self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+        return sorted(upload["Key"] for upload in found)
+
+    def start_upload(self, key: str) -> None:
+        """Start a multipart upload of *key* and leave it open, with one part."""
+        upload = self.client.create_multipart_upload(Bucket=self.name, Key=key)
+        self.client.upload_part(
+            Bucket=self.name, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"part"
+        )
 
     def reader_credentials(self) -> dict[str, str]:
         """Credentials of a new IAM user that may read but not write (enforced with auth)."""

@@ -308,3 +308,25 @@ async def test_demo_runs_again_in_the_same_folder(tmp_path: Path) -> None:
     first = await _demo(tmp_path, "--count", "6")
     second = await _demo(tmp_path, "--count", "6")
     assert (0, 0, 6) == (first.code, second.code, len(_records(second.folder)))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_demo_shows_the_balance_running_out_then_resumes(tmp_path: Path) -> None:
+    """With --quota, the run stops on the spent balance, then the demo tops up and resumes."""
+    demo = await _demo(tmp_path, "--count", "7", "--quota", "1")
+    latest = {r["line"]: r for r in _records(demo.folder)}
+    assert (0, True, True, 3) == (
+        demo.code,
+        "the balance of this API key is exhausted" in demo.err,
+        "tops the fake balance up and resumes" in demo.err,
+        sum(r["ok"] for r in latest.values()),
+    ), demo.err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_demo_plays_the_documented_limits(tmp_path: Path) -> None:
+    """With --documented-limits, the server plays Monica's limits and the demo still works."""
+    demo = await _demo(tmp_path, "--count", "6", "--documented-limits")
+    assert (0, True) == (demo.code, "10 requests per 12 s, 8 in flight" in demo.err), demo.err

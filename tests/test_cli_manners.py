@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from cli_helpers import PROCESS_TIMEOUT, Cli
+from cli_helpers import COMMAND, PROCESS_TIMEOUT, Cli
 
 from monica_async.cli._main import build_parser, run_options
 from monica_async.cli._options import RunOptions
@@ -107,6 +107,33 @@ async def test_output_file_leaves_stdout_empty(server: FakeMonicaServer, tmp_pat
         result.out,
         result.err.startswith("Upscaling"),
         "Finished in" in result.err,
+    )
+
+
+async def test_a_run_whose_stderr_is_gone_still_exits_0(
+    server: FakeMonicaServer, tmp_path: Path
+) -> None:
+    """``run ... 2>&1 | head -1``: a reader of stderr that went away (here before the
+    first line) changes nothing of the run: every record is written, status 0."""
+    path, urls = _inputs(tmp_path, server, 3)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    process = await asyncio.create_subprocess_exec(
+        *COMMAND,
+        *("run", path, "-o", "out.jsonl", "--base-url", server.base_url),
+        cwd=tmp_path,
+        env=cli.env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=write_end,
+    )
+    os.close(write_end)
+    code = await asyncio.wait_for(process.wait(), PROCESS_TIMEOUT)
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert (0, sorted(urls), [True] * 3) == (
+        code,
+        sorted(r["source"] for r in records),
+        [r["ok"] for r in records],
     )
 
 

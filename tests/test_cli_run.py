@@ -365,16 +365,54 @@ async def test_failed_download_fails_the_input(
 async def test_download_that_cannot_be_written_fails_the_input(
     run_cli: RunCli, server: FakeMonicaServer, tmp_path: Path
 ) -> None:
-    """A local disk error while saving a result fails that input; the run goes on."""
+    """A local disk error while saving a result fails that input, its record naming the
+    file and the option; the run goes on."""
     urls = _urls(server, 2)
     path = _write(tmp_path / "in.txt", urls)
     # A directory where the first result's file should go: the rename onto it fails.
-    (tmp_path / "images" / download_name(1, urls[0], "x.png")).mkdir(parents=True)
+    taken = Path("images") / download_name(1, urls[0], "x.png")
+    (tmp_path / taken).mkdir(parents=True)
     result = await run_cli(path, "--base-url", server.base_url, "--download-dir", "images")
     outcomes = sorted(
         (r["line"], r["ok"], r["error"] and r["error"]["stage"]) for r in result.records
     )
     assert (1, [(1, False, "download"), (2, True, None)]) == (result.code, outcomes)
+    (message,) = [r["error"]["message"] for r in result.records if not r["ok"]]
+    assert f"cannot write {str(taken)!r} (--download-dir): Is a directory" == message
+
+
+async def test_an_unwritable_download_dir_is_refused_before_sending(
+    run_cli: RunCli, server: FakeMonicaServer, tmp_path: Path, unwritable_dir: Path
+) -> None:
+    """A --download-dir that takes no file: status 2, one line naming the option, and
+    not one request sent (each would be billed, then fail to save)."""
+    path = _write(tmp_path / "in.txt", _urls(server, 3))
+    result = await run_cli(
+        path, "--base-url", server.base_url, "--download-dir", str(unwritable_dir)
+    )
+    assert (2, 0, []) == (result.code, server.stats.total, result.records)
+    assert [
+        f"monica-upscale: error: cannot write files in --download-dir {str(unwritable_dir)!r}: "
+        "Permission denied; nothing was sent"
+    ] == result.err.splitlines()
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+async def test_resume_is_advised_only_when_a_retry_could_succeed(
+    run_cli: RunCli, server: FakeMonicaServer, tmp_path: Path, quiet: bool
+) -> None:
+    """Inputs that can never succeed (not URLs, unreadable lines) get no advice to
+    --resume: it would fail them again. One failure a retry may cure brings it back."""
+    urls = _urls(server, 2)
+    server.script_faults(urls[1], [Fault.HTTP_500])
+    loudness = ["--quiet"] if quiet else []
+    hopeless = _write(tmp_path / "bad.jsonl", ["{oops", json.dumps({"url": "not a url"})])
+    mixed = _write(tmp_path / "mixed.txt", ["not a url", *urls])
+    first = await run_cli(hopeless, "--base-url", server.base_url, *loudness, output="a.jsonl")
+    second = await run_cli(
+        mixed, "--base-url", server.base_url, "--retries", "0", *loudness, output="b.jsonl"
+    )
+    assert [(1, False), (1, True)] == [(r.code, HINT in r.err) for r in (first, second)]
 
 
 # -- shards -----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import asyncio
 import io
 import json
 import os
+import signal
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
+from aiohttp import web
 from cli_helpers import Cli
 
 from monica_async.cli._main import build_parser, run_options
@@ -201,7 +204,12 @@ async def test_missing_credentials_are_one_usage_error(
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--download-dir", "s3://"), ("--staging", "/tmp/staging"), ("--staging", "gs://b/a b/")],
+    [
+        ("--download-dir", "s3://"),
+        ("--staging", "/tmp/staging"),
+        ("--staging", "gs://b/a//b/"),
+        ("--download-dir", "s3://b/./out/"),
+    ],
 )
 async def test_malformed_object_locations_are_usage_errors(
     run_cli: RunCli, tmp_path: Path, flag: str, value: str
@@ -412,3 +420,288 @@ def test_unreadable_directory_is_a_usage_error(
     monkeypatch.setattr(_directory.os, "scandir", refuse)
     with pytest.raises(UsageError, match=r"cannot read input directory .*: Permission denied"):
         _directory.open_directory(str(tmp_path))
+
+
+# -- at scale and at the edges -----------------------------------------------------------------
+
+S3_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+#: A bucket of a store without credentials.
+NOWHERE = "no-credentials-bucket"
+#: Bigger than a part: results of this size go up as multipart uploads.
+BIG = 5 * 1024 * 1024 + 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("scheme", "says"),
+    [
+        ("s3", f"reading s3://{NOWHERE}/in/0.png failed: no credentials found; {S3_HINT}"),
+        ("gs", f"reading gs://{NOWHERE}/in/0.png failed: no credentials found; set GOOGLE_"),
+        (
+            "az",
+            f"opening a store for az://{NOWHERE}/in/0.png failed: no account found; set "
+            "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, or with "
+            "AZURE_STORAGE_SAS_TOKEN, or with a service principal",
+        ),
+    ],
+)
+async def test_inputs_in_a_store_without_credentials_are_one_usage_error(
+    run_cli: RunCli,
+    server: FakeMonicaServer,
+    no_credentials: dict[str, str],
+    tmp_path: Path,
+    scheme: str,
+    says: str,
+) -> None:
+    """40 objects of a store without credentials: status 2 at once, nothing sent, no line.
+
+    The metadata services are on a closed loopback port. (Before the check, each input
+    waited out the credential chain: 129 s for 40 s3:// inputs, exit status 1.)
+    """
+    inputs = [f"{scheme}://{NOWHERE}/in/{n}.png" for n in range(40)]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    result = await run_cli(_write(tmp_path / "in.txt", inputs), "--base-url", server.base_url)
+    elapsed = loop.time() - began
+    assert (2, True, [], 0) == (
+        result.code,
+        f"the inputs name objects in {scheme}://{NOWHERE}, which cannot be read: {says}"
+        in result.err,
+        result.records,
+        server.stats.total,
+    ), result.err
+    assert elapsed < 60, f"{elapsed:.1f}s: more than one credential chain was walked"
+
+
+async def test_input_bucket_the_credentials_may_not_read_is_one_usage_error(
+    run_cli: RunCli,
+    server: FakeMonicaServer,
+    bucket: Bucket,
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every object tried in the bucket is denied: status 2, nothing sent."""
+    inputs = [bucket.put(f"in/{n}.png", PICTURE) for n in range(5)]
+    for name, value in bucket.credentials_for("s3:PutObject").items():
+        monkeypatch.setenv(name, value)
+    with moto_server.auth_enforced():
+        result = await run_cli(_write(tmp_path / "in.txt", inputs), "--base-url", server.base_url)
+    assert (2, True, 0) == (
+        result.code,
+        f"reading {bucket.url('in/2.png')} failed: access denied" in result.err,
+        server.stats.total,
+    ), result.err
+
+
+async def test_missing_first_object_does_not_stop_the_run(
+    run_cli: RunCli, server: FakeMonicaServer, bucket: Bucket, tmp_path: Path
+) -> None:
+    """The bucket check takes a missing object as a readable bucket: that line fails alone."""
+    present = bucket.put("in/there.png", PICTURE)
+    result = await run_cli(
+        _write(tmp_path / "in.txt", [bucket.url("in/absent.png"), present]),
+        "--base-url",
+        server.base_url,
+    )
+    by_line = {r["line"]: r["ok"] for r in result.records}
+    assert (1, {1: False, 2: True}) == (result.code, by_line), result.err
+
+
+async def test_keys_with_spaces_and_non_ascii_in_and_out(
+    run_cli: RunCli, server: FakeMonicaServer, bucket: Bucket, tmp_path: Path
+) -> None:
+    """Object inputs, a staged file, --staging and --download-dir with spaces and accents."""
+    source = bucket.put("dir with space/cat é.png", PICTURE)
+    [local] = _pictures(tmp_path, ["my photos/dog é.png"])
+    result = await run_cli(
+        _write(tmp_path / "in.txt", [source, local]),
+        "--base-url",
+        server.base_url,
+        "--staging",
+        bucket.url("tmp dir/é/"),
+        "--download-dir",
+        bucket.url("out dir/"),
+    )
+    paths = sorted(r["path"] for r in result.records)
+    assert (0, [bucket.url(k) for k in bucket.keys("out dir/")], []) == (
+        result.code,
+        paths,
+        bucket.keys("tmp dir/"),
+    ), result.err
+    assert [True, True] == [_is_png(bucket.read(k)) for k in bucket.keys("out dir/")]
+
+
+@pytest.mark.parametrize(("shard", "aborted"), [(None, 2), ("1/2", 1)])
+async def test_resume_aborts_the_uploads_of_earlier_runs(
+    run_cli: RunCli,
+    server: FakeMonicaServer,
+    bucket: Bucket,
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shard: str | None,
+    aborted: int,
+) -> None:
+    """--resume aborts the unfinished uploads named as results of its lines, and says so.
+
+    Others stay: another name, another prefix, deeper, another shard's line. Moto checks
+    the signatures of the listing and the aborts.
+    """
+    ours = ["out/3-cat-0123abcd.png", "out/4-dog-89abcdef.jpg"]
+    others = ["out/notes.txt", "elsewhere/5-cat-0123abcd.png", "out/sub/7-cat-0123abcd.png"]
+    for key in ours + others:
+        bucket.start_upload(key)
+    for name, value in bucket.credentials_for("s3:*").items():
+        monkeypatch.setenv(name, value)
+    kept = [k for k in ours if shard is not None and k.startswith("out/4-")] + others
+    args = ["--base-url", server.base_url, "--download-dir", bucket.url("out/"), "--resume"]
+    with moto_server.auth_enforced():
+        result = await run_cli(
+            _write(tmp_path / "in.txt", [server.add_image(PICTURE)]),
+            *args,
+            *(["--shard", shard] if shard else []),
+        )
+    assert (True, sorted(kept)) == (
+        f"--resume: aborted {aborted} unfinished upload(s) of earlier runs under "
+        f"{bucket.url('out/')}" in result.err,
+        bucket.upload_keys(),
+    ), result.err
+
+
+async def test_resume_says_why_it_could_not_clean(
+    run_cli: RunCli,
+    server: FakeMonicaServer,
+    bucket: Bucket,
+    moto_server: MotoServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Credentials that may not list uploads: a note, and the run goes on."""
+    bucket.start_upload("out/3-cat-0123abcd.png")
+    actions = ("s3:PutObject", "s3:DeleteObject", "s3:GetObject")
+    for name, value in bucket.credentials_for(*actions).items():
+        monkeypatch.setenv(name, value)
+    with moto_server.auth_enforced():
+        result = await run_cli(
+            _write(tmp_path / "in.txt", [server.add_image(PICTURE)]),
+            "--base-url",
+            server.base_url,
+            "--download-dir",
+            bucket.url("out/"),
+            "--resume",
+        )
+    assert (0, True, 1) == (
+        result.code,
+        f"--resume: cleaning unfinished uploads under {bucket.url('out/')} failed after 0 "
+        "aborted: GET answered HTTP 403 (AccessDenied)" in result.err,
+        bucket.open_uploads(),
+    ), result.err
+
+
+@attrs.define
+class StallingApi:
+    """A stand-in for the API whose results are big and, until released, stall part way.
+
+    Each stalled result has sent more than a part, so its upload into the bucket is open.
+    """
+
+    base_url: str = ""
+    stall: bool = True
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``POST``: a result URL of this server; ``GET /result/...``: the result."""
+        if request.method == "POST":
+            return web.json_response({"image": f"{self.base_url}/result/{uuid.uuid4().hex}.png"})
+        body = b"\x89PNG\r\n\x1a\n" + bytes(BIG - 8)
+        response = web.StreamResponse(
+            headers={"Content-Type": "image/png", "Content-Length": str(BIG)}
+        )
+        await response.prepare(request)
+        if not self.stall:
+            await response.write(body)
+            return response
+        await response.write(body[: BIG - 500])
+        await asyncio.sleep(60)
+        return response
+
+
+async def _until_uploads(bucket: Bucket, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PROCESS_TIMEOUT
+    while await asyncio.to_thread(bucket.open_uploads) < count:
+        assert loop.time() < deadline, f"fewer than {count} uploads started"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_sigkill_during_uploads_then_resume_leaves_no_upload(
+    api_key: str, bucket: Bucket, s3_env: dict[str, str], tmp_path: Path, loopback: Any
+) -> None:
+    """Killed while three results stream into the bucket: --resume aborts their uploads."""
+    api = StallingApi()
+    api.base_url = await loopback(api.handle)
+    inputs = [f"{api.base_url}/in/{n}.png" for n in range(3)]
+    args = ["run", _write(tmp_path / "in.txt", inputs), "-o", "out.jsonl"]
+    args += ["--base-url", api.base_url, "--download-dir", bucket.url("out/")]
+    cli = _cli(api_key)
+    env = cli.env(**s3_env)
+    process = await cli.spawn(*args, "--concurrency", "3", cwd=tmp_path, env=env)
+    await _until_uploads(bucket, 3)
+    process.kill()
+    await process.wait()
+    left = bucket.open_uploads()
+    api.stall = False
+    resumed = await cli.run(*args, "--resume", cwd=tmp_path, env=env)
+    records = _records(tmp_path / "out.jsonl")
+    assert (0, True, 0, [True] * 3) == (
+        resumed.code,
+        f"--resume: aborted {left} unfinished upload(s)" in resumed.err,
+        bucket.open_uploads(),
+        [r["ok"] for r in records],
+    ), resumed.err
+
+
+@pytest.mark.slow
+async def test_sigint_with_a_short_grace_aborts_the_uploads(
+    api_key: str, bucket: Bucket, s3_env: dict[str, str], tmp_path: Path, loopback: Any
+) -> None:
+    """SIGINT, then the grace runs out while results stream in: their uploads are aborted."""
+    api = StallingApi()
+    api.base_url = await loopback(api.handle)
+    inputs = [f"{api.base_url}/in/{n}.png" for n in range(3)]
+    args = ["run", _write(tmp_path / "in.txt", inputs), "-o", "out.jsonl", "--grace", "0.2"]
+    args += ["--base-url", api.base_url, "--download-dir", bucket.url("out/")]
+    cli = _cli(api_key)
+    process = await cli.spawn(*args, "--concurrency", "3", cwd=tmp_path, env=cli.env(**s3_env))
+    await _until_uploads(bucket, 3)
+    process.send_signal(signal.SIGINT)
+    finished = await cli.finish(process)
+    assert (130, [], 0) == (finished.code, bucket.keys(), bucket.open_uploads()), finished.err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+async def test_usage_error_after_a_credential_failure_is_status_2_every_time(
+    api_key: str, no_credentials: dict[str, str], tmp_path: Path, scheme: str
+) -> None:
+    """Eight runs at once, each stopped by a --download-dir without credentials: all exit 2.
+
+    The process used to abort at exit (SIGABRT, 134) now and then, after printing the
+    usage error: a thread of obstore's runtime still on its way out of Python while the
+    interpreter finalized.
+    """
+    cli = _cli(api_key)
+    env = cli.env(**no_credentials)
+    args = ["run", _write(tmp_path / "in.txt", []), "--download-dir", f"{scheme}://bucket/out/"]
+    runs = [
+        cli.spawn(
+            *args, "-o", f"out-{n}.jsonl", cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL
+        )
+        for n in range(8)
+    ]
+    finished = [await cli.finish(process) for process in await asyncio.gather(*runs)]
+    assert ([2] * 8, [True] * 8) == (
+        [f.code for f in finished],
+        ["no credentials found" in f.err for f in finished],
+    ), [f.err for f in finished]

@@ -523,30 +523,6 @@ def test_outcome_ok(outcome: Outcome, ok: bool) -> None:
     assert ok == outcome.ok
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://images.test/a.png?x=1&y=2",
-        'https://images.test/a"b.png',
-        "https://images.test/a\\b.png",
-        "https://bilder.test/größe.png",
-    ],
-)
-def test_request_body_is_the_json_of_the_url_and_scale(url: str) -> None:
-    """Plain URLs skip json.dumps; quotes, backslashes and non-ASCII are still JSON."""
-    from monica_async._client import _request_body
-
-    assert {"image": url, "scale": 2} == json.loads(_request_body(url, 2))
-
-
-def test_a_batchs_outcome_equals_one_built_by_hand() -> None:
-    """The batch's fast constructor sets every field ``__init__`` sets."""
-    result = UpscaleResult(url=RESULT, source=IMAGE, scale=2)
-    fast = Outcome._succeeded(4, IMAGE, result)
-    built = Outcome(index=4, source=IMAGE, result=result)
-    assert (built, repr(built), hash(built)) == (fast, repr(fast), hash(fast))
-
-
 def test_outcome_result_of_a_failed_input_raises_and_names_the_fix() -> None:
     """Reading ``result`` of a failed input raises AttributeError caused by its error."""
     error = MonicaError("boom")
@@ -648,7 +624,7 @@ async def test_debug_line_per_attempt(
     caplog: pytest.LogCaptureFixture,
     retry_waits: list[float],
 ) -> None:
-    """Each attempt logs one DEBUG line: method, path, status, elapsed and attempt number."""
+    """Each attempt logs one DEBUG line: method, path, input, status, elapsed, attempt number."""
     caplog.set_level(logging.DEBUG, logger="monica_async")
     mock_http.post(ENDPOINT, status=503)
     mock_http.post(ENDPOINT, payload={"image": RESULT})
@@ -656,12 +632,9 @@ async def test_debug_line_per_attempt(
         await api.upscale(IMAGE)
     messages = [r.getMessage() for r in _records(caplog, logging.DEBUG)]
     assert 2 == len(messages)
-    assert re.fullmatch(
-        r"POST /v1/image/tool/upscale -> 503 in \d+\.\d{3}s \(attempt 1\)", messages[0]
-    )
-    assert re.fullmatch(
-        r"POST /v1/image/tool/upscale -> 200 in \d+\.\d{3}s \(attempt 2\)", messages[1]
-    )
+    line = r"POST /v1/image/tool/upscale for https://images.test/cat.png -> {} in \d+\.\d{{3}}s "
+    assert re.fullmatch(line.format(503) + r"\(attempt 1\)", messages[0])
+    assert re.fullmatch(line.format(200) + r"\(attempt 2\)", messages[1])
 
 
 async def test_debug_line_for_an_attempt_without_answer(
@@ -674,7 +647,7 @@ async def test_debug_line_for_an_attempt_without_answer(
         with pytest.raises(APIConnectionError):
             await api.upscale(IMAGE)
     [message] = [r.getMessage() for r in _records(caplog, logging.DEBUG)]
-    assert message.startswith("POST /v1/image/tool/upscale -> no answer in ")
+    assert message.startswith(f"POST /v1/image/tool/upscale for {IMAGE} -> no answer in ")
 
 
 async def test_info_line_per_retry(

@@ -142,16 +142,10 @@ def test_combination(scenario: Scenario) -> None:
     assert verdict.inputs > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request resent at once on a fresh connection, because the kept-alive one "
-    "it went out on was closed before any answer, is not counted by the rate limiter: "
-    "a dropped connection looks the same, so the server sees the resend on top of the "
-    "limit (34 in a second under RateLimit(30)); the attempt path has to book it",
-)
 def test_dropped_connections_keep_the_window() -> None:
     """5% of connections dropped after the latency, RateLimit(30), 16 in flight: the
-    server still sees at most 30 attempts in any second."""
+    server still sees at most 30 attempts in any second (a resend after a dropped
+    connection is an attempt, booked by the limiter like any other)."""
     server = ("--latency", "0.02,0.08", "--fault-rate", "0.05", "--faults", "drop")
     client = {"limiter": "ratelimit", "requests": RATE, "concurrency": 16}
     verdict = run(Scenario(label="drops", server=server, client=client, seconds=6.0, bound=RATE))

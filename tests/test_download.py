@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import io
+import logging
 import os
+import re
 import socket
 import stat
 import sys
@@ -726,3 +728,59 @@ async def test_live_download_keeps_its_temporary_file(
         files_in(tmp_path),
         part.exists(),
     )
+
+
+async def test_an_unwritable_folder_names_the_file_asked_for(
+    loopback: Start, client: MonicaClient, unwritable_dir: Path
+) -> None:
+    """A download into a folder that takes no file fails with the OSError of the path
+    the caller gave, not of a hidden temporary file."""
+    url = await loopback(image_handler()) + "/x.png"
+    with pytest.raises(PermissionError) as caught:
+        await client.download(url, unwritable_dir / "x.png")
+    assert (errno.EACCES, str(unwritable_dir / "x.png")) == (
+        caught.value.errno,
+        caught.value.filename,
+    )
+
+
+async def test_a_timeout_names_its_seconds_and_the_option(
+    loopback: Start, api_key: str, tmp_path: Path
+) -> None:
+    """A download that gets no answer in time says after how long, and which option
+    sets it."""
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.Response()
+
+    url = await loopback(stall) + "/x.png"
+    async with MonicaClient(retry=RetryPolicy(max_attempts=1), timeout=0.3) as client:
+        with pytest.raises(APITimeoutError) as caught:
+            await client.download(url, tmp_path / "x.png")
+    assert (
+        f"GET {url} timed out after 0.3s (the timeout of one attempt); pass a larger "
+        "timeout= to MonicaClient or to the call"
+    ) == str(caught.value)
+
+
+async def test_download_attempts_are_logged_at_debug_with_their_target(
+    loopback: Start, client: MonicaClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each download attempt is one DEBUG line: the URL without its query, the status,
+    the attempt and the file it goes to."""
+    answers = iter([web.Response(status=503), None])
+
+    async def flaky(request: web.Request) -> web.Response:
+        return next(answers) or web.Response(body=PNG, content_type="image/png")
+
+    base = await loopback(flaky)
+    target = tmp_path / "x.png"
+    with caplog.at_level(logging.DEBUG, logger="monica_async"):
+        await client.download(f"{base}/x.png?X-Amz-Signature=0ddba11", target)
+
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [
+        f"GET {base}/x.png -> 503 (attempt 1, to {target})",
+        f"GET {base}/x.png -> 200 (attempt 2, to {target})",
+    ] == [re.sub(r" in \d+\.\d{3}s", "", line) for line in lines]

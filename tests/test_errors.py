@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import pickle
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -37,6 +39,7 @@ from monica_async import (
     UnprocessableEntityError,
 )
 from monica_async._exceptions import excerpt
+from monica_async._http import map_transport_error
 
 ENDPOINT = "https://api.test/v1/image/tool/upscale"
 IMAGE = "https://images.test/cat.png"
@@ -305,15 +308,17 @@ TRANSPORT_ERRORS: list[tuple[Callable[[], BaseException], type[APIError], str]] 
             _KEY, ConnectionRefusedError(111, "Connection refused")
         ),
         APIConnectionError,
-        "cannot connect to api.test:443 (Connection refused)",
+        "cannot connect to api.test:443: connection refused (no server listens on that port)",
     ),
     (
         lambda: aiohttp.ClientConnectorDNSError(_KEY, OSError(-2, "Name or service not known")),
         APIConnectionError,
-        "cannot connect to api.test:443 (Name or service not known)",
+        "cannot find the host 'api.test' (Name or service not known)",
     ),
     (
-        lambda: aiohttp.ClientProxyConnectionError(_KEY, OSError(111, "Connection refused")),
+        lambda: aiohttp.ClientProxyConnectionError(
+            _KEY, OSError(111, "Connect call failed ('10.0.0.1', 3128)")
+        ),
         APIConnectionError,
         "cannot connect to the proxy api.test:443 (Connection refused); check HTTPS_PROXY",
     ),
@@ -379,14 +384,15 @@ TRANSPORT_ERRORS: list[tuple[Callable[[], BaseException], type[APIError], str]] 
     (
         lambda: aiohttp.ConnectionTimeoutError("Connection timeout to host"),
         APITimeoutError,
-        "timed out (ConnectionTimeoutError)",
+        "timed out: no connection within 10s (the connect limit of timeout=); pass a larger "
+        "timeout= to MonicaClient or to the call",
     ),
     (
         lambda: aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
         APITimeoutError,
         "timed out (SocketTimeoutError)",
     ),
-    (TimeoutError, APITimeoutError, "timed out (TimeoutError)"),
+    (TimeoutError, APITimeoutError, "timed out after 120s (the timeout of one attempt); pass"),
 ]
 
 
@@ -447,3 +453,77 @@ def test_errors_survive_pickle_and_copy(
         vars(again),
         again.args,
     )
+
+
+# -- messages that say what to do ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "timeout", "says"),
+    [
+        (TimeoutError, 0.5, "timed out after 0.5s (the timeout of one attempt)"),
+        (
+            lambda: aiohttp.ConnectionTimeoutError("Connection timeout to host"),
+            aiohttp.ClientTimeout(total=60, sock_connect=3),
+            "timed out: no connection within 3s (the connect limit of timeout=)",
+        ),
+        (
+            lambda: aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+            aiohttp.ClientTimeout(sock_read=7.5),
+            "timed out: no data for 7.5s (the sock_read limit of timeout=)",
+        ),
+        # A limit the timeout does not set: the error's own name.
+        (
+            lambda: aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+            aiohttp.ClientTimeout(total=60),
+            "timed out (SocketTimeoutError)",
+        ),
+        (TimeoutError, None, "timed out (TimeoutError)"),
+    ],
+)
+def test_a_timeout_names_the_limit_it_hit_and_the_option(
+    make: Callable[[], BaseException],
+    timeout: aiohttp.ClientTimeout | float | None,
+    says: str,
+) -> None:
+    """With the timeout it ran under, a timeout's message gives the seconds of the limit
+    hit; always, the option that raises it."""
+    error = map_transport_error(make(), "POST", ENDPOINT, timeout=timeout)
+    assert isinstance(error, APITimeoutError)
+    assert f"POST {ENDPOINT} {says}; pass a larger timeout= to MonicaClient or to the call" == (
+        str(error)
+    )
+
+
+async def test_an_upscale_timeout_names_its_seconds(
+    api_key: str, loopback: Callable[..., Any], unlimited: Any
+) -> None:
+    """An API call that gets no answer in time says after how long, and the option."""
+
+    async def stall(request: Any) -> Any:
+        await asyncio.sleep(30)
+
+    base = await loopback(stall)
+    async with MonicaClient(
+        base_url=base, timeout=0.3, retry=RetryPolicy(max_attempts=1), rate_limit=unlimited
+    ) as client:
+        with pytest.raises(APITimeoutError) as caught:
+            await client.upscale(IMAGE)
+    assert f"POST {base}/v1/image/tool/upscale timed out after 0.3s" in str(caught.value)
+    assert "pass a larger timeout= to MonicaClient or to the call" in str(caught.value)
+
+
+async def test_a_refused_connection_names_the_host(api_key: str, unlimited: Any) -> None:
+    """Nothing listening on the API's port: the message says refused, and where."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with MonicaClient(
+        base_url=f"http://127.0.0.1:{port}", retry=RetryPolicy(max_attempts=1), rate_limit=unlimited
+    ) as client:
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(IMAGE)
+    assert (
+        f"POST http://127.0.0.1:{port}/v1/image/tool/upscale failed: cannot connect to "
+        f"127.0.0.1:{port}: connection refused (no server listens on that port)"
+    ) == str(caught.value)

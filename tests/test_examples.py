@@ -378,10 +378,10 @@ async def test_batch_script_reports_failures_and_exits_1(
 
 
 async def test_batch_script_respects_its_rate(fake: FakeMonicaServer, tmp_path: Path) -> None:
-    """``--rate 120`` (a minute) paces starts 0.5 s apart, as the server sees them."""
+    """``--rate 120/min`` paces starts 0.5 s apart, as the server sees them."""
     urls = [fake.sample_image(8, 8, name=f"r{i}.png") for i in range(3)]
 
-    code, _, err, _ = await run_batch_script(fake, tmp_path, urls, "--rate", "120")
+    code, _, err, _ = await run_batch_script(fake, tmp_path, urls, "--rate", "120/min")
 
     assert 0 == code, err
     times = sorted(fake.stats.accepted_times)

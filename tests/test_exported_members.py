@@ -33,6 +33,7 @@ PUBLIC_API = {
     "NotFoundError",
     "Outcome",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",

@@ -1,12 +1,10 @@
-"""The cut-down semaphore and channel the request path uses."""
+"""Slots: the resizable semaphore behind the concurrency cap."""
 
 from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from monica_async._flow import Channel, Slots
+from monica_async._flow import Slots
 
 
 async def settle() -> None:
@@ -92,41 +90,3 @@ async def test_a_place_handed_to_a_cancelled_waiter_is_passed_on() -> None:
     assert second.done()
     slots.release()
     assert slots.free == 1
-
-
-async def test_channel_keeps_order_and_wakes_its_reader() -> None:
-    """Items come out in the order they went in; a waiting reader wakes on a put."""
-    channel: Channel[int] = Channel(None, asyncio.get_running_loop())
-    reader = asyncio.create_task(channel.get())
-    await settle()
-    assert not reader.done()
-    for n in range(3):
-        await channel.put(n)
-    assert await reader == 0
-    assert [await channel.get(), await channel.get()] == [1, 2]
-
-
-async def test_a_full_channel_makes_writers_wait() -> None:
-    """With size 2 the third put waits until the reader takes one."""
-    channel: Channel[str] = Channel(2, asyncio.get_running_loop())
-    await channel.put("a")
-    await channel.put("b")
-    third = asyncio.create_task(channel.put("c"))
-    await settle()
-    assert not third.done()
-    assert await channel.get() == "a"
-    await settle()
-    assert third.done()
-    assert [await channel.get(), await channel.get()] == ["b", "c"]
-
-
-async def test_a_cancelled_reader_loses_nothing() -> None:
-    """An item put after the reader was cancelled is there for the next get."""
-    channel: Channel[int] = Channel(1, asyncio.get_running_loop())
-    reader = asyncio.create_task(channel.get())
-    await settle()
-    reader.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reader
-    await channel.put(7)
-    assert await channel.get() == 7

@@ -22,7 +22,7 @@ from monica_async import (
     RetryPolicy,
 )
 from monica_async._exceptions import excerpt
-from monica_async._http import MAX_ANSWER_BYTES, arrived_body
+from monica_async._http import MAX_ANSWER_BYTES
 
 IMAGE = "https://images.test/cat.png"
 RESULT = "https://cdn.test/cat@2x.png"
@@ -105,25 +105,6 @@ async def test_answer_at_the_cap_is_read(loopback: Start) -> None:
     async with MonicaClient(base_url=await loopback(handler)) as client:
         result = await client.upscale(IMAGE)
     assert RESULT == result.url
-
-
-@pytest.mark.parametrize(("extra", "whole"), [(0, True), (10, False)])
-async def test_a_body_that_has_arrived_is_taken_up_to_the_cap(
-    loopback: Start, extra: int, whole: bool
-) -> None:
-    """arrived_body takes what came, at most the cap, and tells whether that was all."""
-    body = b"x" * (MAX_ANSWER_BYTES + extra)
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body)
-
-    base_url = await loopback(handler)
-    async with aiohttp.ClientSession() as session:
-        response = await session.get(base_url)
-        await response.content.wait_eof()
-        data, complete = arrived_body(response, MAX_ANSWER_BYTES)
-        response.release()
-    assert (MAX_ANSWER_BYTES, whole) == (len(data), complete)
 
 
 async def test_answers_come_back_on_one_kept_alive_connection(loopback: Start) -> None:
@@ -259,16 +240,16 @@ async def one_shot() -> AsyncIterator[OneShotServer]:
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
-async def test_closed_keep_alive_connection_is_resent_at_once_not_as_an_attempt(
+async def test_closed_keep_alive_connection_is_resent_at_once_as_an_attempt(
     one_shot: OneShotServer, retry_waits: list[float], reset: bool
 ) -> None:
-    """Back-to-back calls on connections the server closes after one answer all succeed at
-    their first attempt, with no retry wait, even when one attempt is all they may have."""
+    """Back-to-back calls on connections the server closes after one answer: each call's
+    request on the closed connection counts as its first attempt, the second goes at
+    once (no backoff) on a new connection and succeeds."""
     one_shot.reset = reset
-    policy = RetryPolicy(max_attempts=1)
-    async with MonicaClient(base_url=one_shot.base_url, retry=policy) as client:
+    async with MonicaClient(base_url=one_shot.base_url) as client:
         results = [await client.upscale(IMAGE) for _ in range(10)]
-    assert ([1] * 10, [], 10, 9) == (
+    assert ([1] + [2] * 9, [0.0] * 9, 10, 9) == (
         [r.attempts for r in results],
         retry_waits,
         one_shot.answered,
@@ -276,14 +257,39 @@ async def test_closed_keep_alive_connection_is_resent_at_once_not_as_an_attempt(
     )
 
 
-async def test_batch_on_closed_keep_alive_connections_needs_no_retry(
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+async def test_closed_keep_alive_connection_with_one_attempt_fails(
+    one_shot: OneShotServer, retry_waits: list[float], reset: bool
+) -> None:
+    """With one attempt allowed, a request the server read on a kept-alive connection and
+    dropped is that attempt: the call fails and nothing is sent again."""
+    one_shot.reset = reset
+    async with MonicaClient(
+        base_url=one_shot.base_url, retry=RetryPolicy(max_attempts=1)
+    ) as client:
+        await client.upscale(IMAGE)
+        with pytest.raises(APIConnectionError) as caught:
+            await client.upscale(IMAGE)
+    error = caught.value
+    assert (1, True, [], 1, 1) == (
+        error.attempts,
+        error.reused_connection,
+        retry_waits,
+        one_shot.answered,
+        one_shot.dropped,
+    )
+
+
+async def test_batch_on_closed_keep_alive_connections_counts_every_request(
     one_shot: OneShotServer, retry_waits: list[float]
 ) -> None:
-    """40 inputs through 8 workers: every input succeeds at its first attempt."""
+    """40 inputs through 8 workers: every input succeeds, the attempts the results report
+    add up to the requests the server read, and every resend went without a backoff."""
     async with MonicaClient(base_url=one_shot.base_url, max_concurrency=8) as client:
         outcomes = await client.upscale_all([IMAGE] * 40)
-    attempts = [o.result.attempts if o.ok else None for o in outcomes]
-    assert ([1] * 40, []) == (attempts, retry_waits)
+    attempts = [o.result.attempts for o in outcomes]
+    assert (one_shot.answered + one_shot.dropped, 40) == (sum(attempts), one_shot.answered)
+    assert set(retry_waits) <= {0.0}
 
 
 async def test_answer_broken_after_it_began_is_a_normal_failure(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from monica_async import MonicaClient
 from monica_async._logs import LOG_ENV, configure_from_environment
 from monica_async.testing import FakeMonicaServer, Fault
 
@@ -115,9 +116,17 @@ _LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): (?P<message>
         (
             "debug",
             [
-                ("DEBUG", r"POST /v1/image/tool/upscale -> 503 in \d\.\d{3}s \(attempt 1\)"),
+                (
+                    "DEBUG",
+                    r"POST /v1/image/tool/upscale for https://img\.test/cat\.png -> 503 in "
+                    r"\d\.\d{3}s \(attempt 1, request id req-\w+\)",
+                ),
                 ("INFO", r"upscale https://img\.test/cat\.png: retrying in \S+ after HTTP 503 "),
-                ("DEBUG", r"POST /v1/image/tool/upscale -> 200 in \d\.\d{3}s \(attempt 2\)"),
+                (
+                    "DEBUG",
+                    r"POST /v1/image/tool/upscale for https://img\.test/cat\.png -> 200 in "
+                    r"\d\.\d{3}s \(attempt 2, request id req-\w+\)",
+                ),
             ],
         ),
         ("info", [("INFO", r"upscale https://img\.test/cat\.png: retrying in ")]),
@@ -140,3 +149,77 @@ async def test_a_program_shows_its_records_on_stderr(
         assert re.match(pattern, line["message"]), line["message"]
     assert KEY not in err
     assert "signature" not in err
+
+
+#: The application configures logging itself, after importing the library.
+CONFIGURED_PROGRAM = PROGRAM.replace(
+    "monica_async.set_testing(True)\n",
+    "monica_async.set_testing(True)\n"
+    "import logging\n"
+    "logging.basicConfig(level=logging.INFO, format='APP %(levelname)s %(message)s')\n",
+)
+
+
+async def test_a_configured_application_gets_each_record_once(server: FakeMonicaServer) -> None:
+    """MONICA_LOG=debug with the application's basicConfig(level=INFO): every record is
+    printed once, by the application's handler, DEBUG ones included."""
+    env = {k: v for k, v in os.environ.items() if k != LOG_ENV}
+    env.update(KEY=KEY, BASE_URL=server.base_url, **{LOG_ENV: "debug"})
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-W", "error", "-c", CONFIGURED_PROGRAM),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    lines = err.decode().splitlines()
+
+    assert 0 == process.returncode, err.decode()
+    assert ["APP DEBUG", "APP INFO", "APP DEBUG"] == [line[:9].rstrip() for line in lines]
+    assert 3 == len(lines)
+
+
+def test_monica_log_prints_what_no_other_handler_prints(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler of the application at WARNING leaves the DEBUG and INFO records to
+    MONICA_LOG's; the WARNING ones it prints itself, and MONICA_LOG's steps aside."""
+    monkeypatch.setattr(logger, "propagate", False)  # out of reach of pytest's own handler
+    handler = configure_from_environment({LOG_ENV: "debug"}, logger.name)
+    assert handler is not None
+    handler.setStream(sys.stdout)
+    printed: list[str] = []
+    theirs = logging.Handler(logging.WARNING)
+    theirs.emit = lambda record: printed.append(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(theirs)
+
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+        logger.log(level, "at %s", logging.getLevelName(level))
+
+    assert ["at WARNING"] == printed
+    assert ["at DEBUG", "at INFO"] == [
+        line.rsplit(": ", 1)[1] for line in capsys.readouterr().out.splitlines()
+    ]
+
+
+async def test_a_batch_that_stops_sending_says_why_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused key stops a batch: one WARNING names the error, not the key, however
+    many inputs get it."""
+    async with (
+        FakeMonicaServer(api_key="another-key", process_images=False) as server,
+        MonicaClient(KEY, base_url=server.base_url) as client,
+    ):
+        urls = [f"{server.base_url}/images/{i}.png" for i in range(6)]
+        with caplog.at_level(logging.WARNING, logger="monica_async"):
+            outcomes = await client.upscale_all(urls, workers=1)
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert 6 == sum(not o.ok for o in outcomes)
+    assert 1 == len(warnings), warnings
+    assert warnings[0].startswith(
+        "batch stopped sending requests after AuthenticationError: HTTP 401"
+    )
+    assert warnings[0].endswith("every input not yet sent gets this error without a request")
+    assert KEY not in caplog.text

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import attrs
 import pytest
+from aiohttp import web
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 from yarl import URL
@@ -580,3 +581,39 @@ async def test_retrying_reports_each_retried_error() -> None:
     policy = RetryPolicy(deadline=None)
     result = await _retry.retrying(attempt, policy, what="test", on_retry=heard.append)
     assert ("done on attempt 3", failures) == (result, heard)
+
+
+@pytest.mark.parametrize("statuses", [["429"], {0}, {600}, "429", {True}, 5, [429.0]])
+def test_retry_statuses_must_be_http_statuses(statuses: Any) -> None:
+    """retry_statuses takes integers 100 to 599 only, and says so naming the option."""
+    with pytest.raises(InvalidRequestError, match="retry_statuses must be HTTP statuses"):
+        RetryPolicy(retry_statuses=statuses)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            RetryPolicy(),
+            "HTTP 429 rate_limited: slow down; not retried: the server asked to wait 120s "
+            "(Retry-After), longer than RetryPolicy(max_retry_after=60); raise "
+            "max_retry_after to wait that long",
+        ),
+        # Nothing was to be retried anyway: the server's words alone.
+        (RetryPolicy(max_attempts=1), "HTTP 429 rate_limited: slow down"),
+    ],
+)
+async def test_a_retry_after_over_the_cap_says_which_option_to_raise(
+    loopback: Any, unlimited: Any, policy: RetryPolicy, expected: str
+) -> None:
+    """A 429 given up on for its Retry-After alone says so: the wait, the limit, the option."""
+
+    async def slow_down(request: web.Request) -> web.Response:
+        body = {"error": {"code": "rate_limited", "message": "slow down"}}
+        return web.json_response(body, status=429, headers={"Retry-After": "120"})
+
+    base = await loopback(slow_down)
+    async with MonicaClient(base_url=base, rate_limit=unlimited, retry=policy) as api:
+        with pytest.raises(RateLimitError) as caught:
+            await api.upscale(IMAGE)
+    assert expected == str(caught.value)

@@ -43,6 +43,9 @@ pytest_plugins = ["conftest_moto"]
 pytestmark = pytest.mark.storage
 
 KEY = "storage-test-key"
+S3_HINT = (
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials)"
+)
 PICTURE = make_sample_image(24, 16)
 Start = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
 
@@ -579,7 +582,8 @@ async def test_any_store_can_receive_results(
     [
         ({"staging": "/tmp/staging"}, "staging must be an object URL"),
         ({"staging": "s3://"}, "staging must be an object URL"),
-        ({"staging": "s3://bucket/t mp/"}, "staging must not contain spaces"),
+        ({"staging": "s3://bucket/t//mp/"}, "staging must not have empty"),
+        ({"staging": "s3://bucket/t\x07/"}, "staging must not contain control characters"),
         ({"staging": 42}, "staging must be an object URL string"),
         ({"stores": ["s3://bucket"]}, "stores must map location URLs"),
         ({"stores": {"https://bucket": object()}}, "a key of stores must be an object URL"),
@@ -637,8 +641,13 @@ async def test_store_that_cannot_be_configured_is_a_storage_error(
     """An Azure URL without an account configured: one StorageError, no network."""
     for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_ACCOUNT_NAME"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(StorageError, match=r"opening a store for az://photos/cat\.png failed"):
+    with pytest.raises(StorageError, match=r"opening a store for az://photos/cat\.png failed") as e:
         await client.upscale("az://photos/cat.png")
+    assert (
+        "no account found; set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY, "
+        "or with AZURE_STORAGE_SAS_TOKEN, or with a service principal (AZURE_CLIENT_ID, "
+        "AZURE_CLIENT_SECRET and AZURE_TENANT_ID)" in str(e.value)
+    )
 
 
 @pytest.mark.parametrize(
@@ -768,7 +777,7 @@ async def test_longest_store_location_wins(server: FakeMonicaServer, bucket: Buc
 async def test_cancelled_download_to_a_bucket_leaves_no_object(
     client: MonicaClient, bucket: Bucket, loopback: Start
 ) -> None:
-    """Cancelled in the middle of a multipart upload: no object appears."""
+    """Cancelled in the middle of a multipart upload: no object appears, the upload is aborted."""
     started = asyncio.Event()
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -786,7 +795,7 @@ async def test_cancelled_download_to_a_bucket_leaves_no_object(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert [] == bucket.keys()
+    assert ([], 0) == (bucket.keys(), bucket.open_uploads())
 
 
 # -- the download's completeness checks hold for objects too ----------------------------------
@@ -850,3 +859,202 @@ async def test_small_image_only_pillow_can_vouch_for_is_decoded_first(
     with pytest.raises(APIConnectionError, match="cut short"):
         await client.download(cut, bucket.url("cut.bmp"))
     assert (["whole.bmp"], bmp) == (bucket.keys(), bucket.read("whole.bmp"))
+
+
+# -- at scale and at the edges: literal keys, no credentials, no leftovers --------------------
+
+ODD_KEY = "dir with space/cat é.png"
+
+
+async def test_key_with_spaces_and_non_ascii_is_an_input(
+    client: MonicaClient, server: FakeMonicaServer, bucket: Bucket
+) -> None:
+    """An object whose key has spaces and an accent is read, presigned and upscaled."""
+    source = bucket.put(ODD_KEY, make_sample_image(24, 16))
+    result = await client.upscale(source)
+    assert ((48, 32), source) == (size_of(await fetched(result.url)), result.source)
+
+
+async def test_key_with_spaces_and_non_ascii_is_a_download_target(
+    client: MonicaClient, server: FakeMonicaServer, bucket: Bucket
+) -> None:
+    """A result is written to the literal key, spaces and accent included."""
+    result = await client.upscale(server.add_image(PICTURE))
+    target = bucket.url("out dir/" + ODD_KEY)
+    assert target == await client.download(result, target)
+    assert (["out dir/" + ODD_KEY], (48, 32)) == (
+        bucket.keys(),
+        size_of(bucket.read("out dir/" + ODD_KEY)),
+    )
+
+
+async def test_staging_prefix_with_spaces_and_non_ascii(
+    server: FakeMonicaServer, bucket: Bucket, tmp_path: Path, no_retry_sleep: None
+) -> None:
+    """A staging prefix with spaces holds the copy while it is sent, and is empty after."""
+    picture = tmp_path / "my photo é.png"
+    picture.write_bytes(PICTURE)
+    async with MonicaClient(KEY, base_url=server.base_url, staging=bucket.url("tmp dir/é/")) as api:
+        result = await api.upscale(picture)
+    [sent] = sent_urls(server)
+    assert (True, [], str(picture)) == (
+        "/tmp%20dir/%C3%A9/" in sent,
+        bucket.keys(),
+        result.source,
+    )
+
+
+async def test_percent_encoded_key_is_another_object(client: MonicaClient, bucket: Bucket) -> None:
+    """``a%20b.png`` and ``a b.png`` are two objects, each read as named."""
+    encoded = bucket.put("a%20b.png", make_sample_image(10, 10))
+    spaced = bucket.put("a b.png", make_sample_image(20, 20))
+    sizes = [size_of(await fetched((await client.upscale(url)).url)) for url in (encoded, spaced)]
+    assert [(20, 20), (40, 40)] == sizes
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("s3://bucket/a//b.png", "empty, '.' or '..' path segments"),
+        ("s3://bucket//b.png", "empty, '.' or '..' path segments"),
+        ("s3://bucket/a/./b.png", "empty, '.' or '..' path segments"),
+        ("s3://bucket/a/../b.png", "empty, '.' or '..' path segments"),
+        ("s3://bucket/a\tb.png", "control characters"),
+        ("s3://bucket/a\x85b.png", "control characters"),
+    ],
+)
+async def test_keys_the_store_would_change_are_refused(
+    client: MonicaClient, server: FakeMonicaServer, s3_env: dict[str, str], url: str, says: str
+) -> None:
+    """A key obstore would refuse or rewrite is an InvalidRequestError, before any request.
+
+    (The store, were it asked, is moto's: never another machine.)
+    """
+    with pytest.raises(InvalidRequestError, match=says):
+        await client.upscale(url)
+    with pytest.raises(InvalidRequestError, match=says):
+        await client.download("http://127.0.0.1:9/x.png", url)
+    assert 0 == server.stats.total
+
+
+@pytest.mark.slow
+async def test_batch_of_objects_without_credentials_fails_fast(
+    client: MonicaClient, server: FakeMonicaServer, no_credentials: dict[str, str]
+) -> None:
+    """40 inputs of a store without credentials: the chain is walked once, not 40 times.
+
+    Each input still fails with its own error, naming the variables; nothing is sent.
+    (Walking the chain takes seconds: 40 walks, one after another, took 129 s.)
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    outcomes = await client.upscale_all(f"s3://no-credentials/in/{n}.png" for n in range(40))
+    elapsed = loop.time() - began
+    messages = {str(o.error).split(" failed: ")[1] for o in outcomes if not o.ok}
+    assert (0, {f"no credentials found; set {S3_HINT}"}, 0) == (
+        sum(o.ok for o in outcomes),
+        messages,
+        server.stats.total,
+    )
+    assert elapsed < 60, f"{elapsed:.1f}s: the credential chain was walked more than once"
+
+
+@pytest.mark.slow
+async def test_downloads_to_a_store_without_credentials_fail_fast(
+    client: MonicaClient, server: FakeMonicaServer, no_credentials: dict[str, str]
+) -> None:
+    """Concurrent downloads into a store without credentials fail together, naming them."""
+    url = server.add_image(PICTURE)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    results = await asyncio.gather(
+        *(client.download(url, f"s3://no-credentials/out/{n}.png") for n in range(10)),
+        return_exceptions=True,
+    )
+    elapsed = loop.time() - began
+    assert [True] * 10 == [
+        isinstance(r, StorageError) and f"no credentials found; set {S3_HINT}" in str(r)
+        for r in results
+    ]
+    assert elapsed < 30, f"{elapsed:.1f}s: the credential chain was walked more than once"
+
+
+async def test_cancelled_staging_aborts_its_upload(
+    staging_client: MonicaClient, bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large file cancelled while it goes up in parts leaves neither object nor upload."""
+    from monica_async import _storage
+
+    picture = tmp_path / "big.png"
+    picture.write_bytes(png_of_size(PART_SIZE + 1000))
+
+    async def slow_pieces(path: Path) -> AsyncIterator[bytes]:
+        yield path.read_bytes()[:PART_SIZE]
+        await asyncio.sleep(30)
+        yield b""
+
+    monkeypatch.setattr(_storage, "_file_pieces", slow_pieces)
+    task = asyncio.create_task(staging_client.upscale(picture))
+    await wait_for_upload(bucket)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ([], 0) == (bucket.keys(), bucket.open_uploads())
+
+
+async def test_download_cancelled_again_while_aborting_still_aborts(
+    client: MonicaClient, bucket: Bucket, loopback: Start
+) -> None:
+    """Two cancellations in a row: the abort is still waited for, the upload gone."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/png"})
+        await response.prepare(request)
+        await response.write(png_of_size(PART_SIZE + 1000))
+        await asyncio.sleep(30)
+        return response
+
+    url = await loopback(handler) + "/slow.png"
+    task = asyncio.create_task(client.download(url, bucket.url("slow.png")))
+    await wait_for_upload(bucket)
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ([], 0) == (bucket.keys(), bucket.open_uploads())
+
+
+async def wait_for_upload(bucket: Bucket) -> None:
+    """Return once a multipart upload is open in *bucket*."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not await asyncio.to_thread(bucket.open_uploads):
+        assert loop.time() < deadline, "no multipart upload started"
+        await asyncio.sleep(0.02)
+
+
+async def test_missing_credentials_are_held_for_a_while_then_looked_for_again() -> None:
+    """A store whose credential chain came up empty fails at once for a while, not forever."""
+    from monica_async._storage import NO_CREDENTIALS_HOLD, _Gate
+
+    now = asyncio.get_running_loop().time()
+    held = _Gate(missing="no credentials found", missing_until=now + NO_CREDENTIALS_HOLD)
+    over = _Gate(missing="no credentials found", missing_until=now - 0.001)
+    assert ("no credentials found", None, None) == (
+        held.why_missing(),
+        over.why_missing(),
+        over.missing,
+    )
+
+
+async def test_local_path_with_spaces_without_staging_names_the_option(
+    client: MonicaClient, tmp_path: Path
+) -> None:
+    """A path with spaces is refused for want of a staging location, not for its spaces."""
+    with pytest.raises(InvalidRequestError) as caught:
+        await client.upscale(str(tmp_path / "my photo.png"))
+    assert ("staging=" in str(caught.value), "must not contain" in str(caught.value)) == (
+        True,
+        False,
+    )

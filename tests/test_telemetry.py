@@ -30,7 +30,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
-from monica_async import MonicaClient, PermissionDeniedError, RateLimit, RetryPolicy, _telemetry
+from monica_async import (
+    APIResponseValidationError,
+    MonicaClient,
+    PermissionDeniedError,
+    RateLimit,
+    RetryPolicy,
+    _telemetry,
+)
 from monica_async.testing import FakeMonicaServer, Fault
 
 KEY = "sk-otel-0123456789-SECRET"
@@ -289,6 +296,33 @@ async def test_batch_inputs_each_get_a_span_and_an_outcome(
     }
 
 
+@pytest.mark.parametrize("caller_span", [True, False], ids=["under-job", "no-span"])
+async def test_a_growing_batchs_spans_are_children_of_the_callers(
+    otel: Recorded, server: FakeMonicaServer, caller_span: bool
+) -> None:
+    """150 inputs with automatic concurrency, whose workers start while the target grows:
+    every monica.upscale span is a child of the span current where the batch was made
+    (``job``), or a root when there was none; never another input's."""
+    server.latency = (0.02, 0.06)
+    tracer = otel.tracer_provider.get_tracer("app")
+    async with client_for(server, rate_limit=RateLimit(10**6)) as client:
+        if caller_span:
+            with tracer.start_as_current_span("job"):
+                outcomes = await client.upscale_all([image(n) for n in range(150)])
+        else:
+            outcomes = await client.upscale_all([image(n) for n in range(150)])
+        grown = client.stats.concurrency
+
+    [job] = otel.finished("job") or [None]
+    expected = job.context.span_id if job is not None and job.context else None
+    parents = [
+        span.parent.span_id if span.parent else None for span in otel.finished("monica.upscale")
+    ]
+    assert all(outcome.ok for outcome in outcomes)
+    assert grown > 16  # workers were started as the target grew
+    assert [expected] * 150 == parents
+
+
 async def test_a_cancelled_call_ends_its_spans(otel: Recorded, server: FakeMonicaServer) -> None:
     """A call cancelled mid-attempt still ends both spans, with error.type CancelledError."""
     server.latency = 10.0
@@ -415,14 +449,14 @@ async def test_no_secret_in_any_span_or_metric(
 @pytest.mark.parametrize(
     ("message", "expected"),
     [
-        ("GET https://h.test/a.png?sig=1 failed", "GET https://h.test/a.png failed"),
+        ("GET https://h.test/a.png?sig=1 failed", "GET https://h.test/a.png?<redacted> failed"),
         ("at 'https://h.test/a#frag' now", "at 'https://h.test/a' now"),
         ("from https://u:p@h.test/x and http://v@h.test/y", "from https://h.test/x and http://h.test/y"),
         ("no URL here", "no URL here"),
     ],
 )  # fmt: skip
 def test_error_descriptions_drop_queries_and_credentials(message: str, expected: str) -> None:
-    """A span's status description keeps a URL's host and path, nothing else."""
+    """A span's status description keeps a URL's host and path, and only marks its query."""
     assert f"ValueError: {expected}" == _telemetry.describe(ValueError(message))
 
 
@@ -471,13 +505,14 @@ async def test_aiohttp_instrumentation_adds_no_second_span(
 
 
 async def test_without_an_sdk_the_hooks_do_nothing(no_sdk: None, server: FakeMonicaServer) -> None:
-    """No provider configured: every hook returns None, and calls work as before."""
+    """No provider configured: the hooks trace nothing, and calls work as before."""
     async with client_for(server) as client:
         result = await client.upscale(image())
 
-    assert (None, None) == (
+    assert (None, _telemetry._UNTRACED, _telemetry._UNTRACED) == (
         _telemetry.upscale_started(2),
         _telemetry.download_started(result.url, 1),
+        _telemetry.attempt_started(client.base_url, 1, 0.0),
     )
     assert otel_trace.get_current_span() is otel_trace.INVALID_SPAN
 
@@ -524,3 +559,22 @@ def test_span_names_are_the_documented_ones() -> None:
     assert ("monica.upscale", "http.client.request.duration") == names[:2]
     for name in (*names, "monica.attempts", "monica.request_id", "http.request.resend_count"):
         assert f"`{name}`" in docs
+
+
+async def test_a_body_quoting_the_key_stays_out_of_every_span(
+    otel: Recorded, loopback: Callable[[Handler], Awaitable[str]]
+) -> None:
+    """A 200 that is not JSON and quotes the key (a misbehaving proxy, say) fails the
+    call; neither the attempt's span nor the call's shows the key."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=f"you sent {request.headers['Authorization']}")
+
+    base = await loopback(echo)
+    async with MonicaClient(KEY, base_url=base, retry=RetryPolicy(max_attempts=1)) as client:
+        with pytest.raises(APIResponseValidationError):
+            await client.upscale(image())
+
+    spans = otel.finished()
+    assert {"POST", "monica.upscale"} == {span.name for span in spans}
+    assert [] == [span.name for span in spans if KEY in span.to_json()]

@@ -32,6 +32,8 @@ async def misuse(client: MonicaClient, result: UpscaleResult) -> None:
     MonicaClient(timeout="30")  # E: arg-type
     MonicaClient(retry=3)  # E: arg-type
     client.closed = True  # E: misc
+    RetryPolicy(retry_statuses=["429"])  # E: list-item
+    RetryPolicy(retry_statuses="429")  # E: arg-type
 """
 
 _ERROR = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): error: .*\[(?P<code>[a-z-]+)\]$")

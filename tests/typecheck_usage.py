@@ -24,6 +24,7 @@ from monica_async import (
     MonicaClient,
     MonicaError,
     Outcome,
+    QuotaExceededError,
     RateLimit,
     RateLimiter,
     RateLimitError,
@@ -75,6 +76,9 @@ async def handle_errors(client: MonicaClient) -> str:
     except RateLimitError as exc:
         assert_type(exc.retry_after, float | None)
         return f"wait {exc.retry_after}"
+    except QuotaExceededError as exc:
+        assert_type(exc.status, int)
+        return f"top the balance up: {exc.message}"
     except APIStatusError as exc:
         assert_type(exc.status, int)
         assert_type(exc.code, str | None)
@@ -128,6 +132,19 @@ async def files_and_buckets(folder: Path) -> list[str]:
         assert_type(where, Path | str)
         images: list[str | Path] = [*folder.glob("*.png"), "s3://bucket/in/dog.png"]
         return [o.source for o in await client.upscale_all(images)]
+
+
+def retry_statuses() -> list[RetryPolicy]:
+    """Any iterable of ints sets the statuses to retry; the policy keeps a frozenset."""
+    policies = [
+        RetryPolicy(retry_statuses={429, 503}),
+        RetryPolicy(retry_statuses=frozenset({429})),
+        RetryPolicy(retry_statuses=[500, 502, 503]),
+        RetryPolicy(retry_statuses=range(500, 505)),
+        RetryPolicy(retry_statuses=(s for s in (429, 503))),
+    ]
+    assert_type(policies[0].retry_statuses, frozenset[int])
+    return policies
 
 
 def testing_mode() -> None:

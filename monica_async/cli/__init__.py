@@ -3,6 +3,6 @@
 The library never imports this package: it needs the ``cli`` extra (rich, Pillow).
 """
 
-from ._main import main
+from ._main import entry, main
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]

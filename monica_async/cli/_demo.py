@@ -20,11 +20,14 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import attrs
 
 from monica_async._stats import ClientStats
+
+if TYPE_CHECKING:
+    from monica_async.testing import FakeMonicaServer
 
 from ._gallery import (
     GALLERY,
@@ -38,13 +41,15 @@ from ._gallery import (
 )
 from ._options import InputFormat, RateSpec, RunOptions, UsageError
 from ._progress import Tally, require_pillow
-from ._run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, execute
+from ._run import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_QUOTA, execute
 
 __all__ = ["DEMO_MAX_COUNT", "DEMO_MIN_COUNT", "DEMO_RATE", "run_demo"]
 
 #: Slow enough that the progress display has something to show, fast enough to finish soon.
 DEMO_RATE: Final = RateSpec(3, 1.0)
 DEMO_CONCURRENCY: Final = 4
+#: ``--documented-limits`` plays Monica's one-minute window this many times faster.
+DEMO_TIME_SCALE: Final = 5.0
 #: Four inputs fail on purpose; two more at least show what succeeds.
 DEMO_MIN_COUNT: Final = 6
 #: At DEMO_RATE, the largest demo takes about a minute and a half.
@@ -154,13 +159,62 @@ def _prepare(output_dir: Path) -> None:
 
 @attrs.define
 class _Finished:
-    """What the run reported when it ended."""
+    """What the runs reported when they ended (two when the balance ran out)."""
 
-    tally: Tally | None = None
-    stats: ClientStats | None = None
+    runs: list[tuple[Tally, ClientStats]] = attrs.Factory(list)
 
     def __call__(self, tally: Tally, stats: ClientStats) -> None:
-        self.tally, self.stats = tally, stats
+        self.runs.append((tally, stats))
+
+    def figures(self) -> RunFigures:
+        """The figures of the demo: every run's successes, the last run's failures."""
+        if not self.runs:
+            return RunFigures.of(None, None)
+        first, last = self.runs[0][0], self.runs[-1][0]
+        return RunFigures(
+            succeeded=sum(tally.succeeded for tally, _ in self.runs),
+            failed=last.failures,
+            retries=sum(stats.retries for _, stats in self.runs),
+            rate_limited=sum(stats.rate_limited for _, stats in self.runs),
+            elapsed=first.elapsed(),
+        )
+
+
+@attrs.frozen
+class _Say:
+    """Prints for people on *err*, unless ``verbosity`` is -1 (errors only)."""
+
+    err: TextIO
+    verbosity: int
+
+    def __call__(self, message: str = "") -> None:
+        if self.verbosity >= 0:
+            print(message, file=self.err, flush=True)
+
+
+@attrs.frozen(kw_only=True)
+class _Play:
+    """How the fake server and the run behave beyond the scripted faults."""
+
+    #: The server's balance runs out after this many successful calls.
+    quota: int | None = None
+    #: The server plays Monica's documented limits, time-scaled; the run its defaults.
+    documented_limits: bool = False
+
+    def server_options(self) -> dict[str, Any]:
+        """Keyword arguments of the fake server."""
+        from monica_async.testing import documented_limits
+
+        options: dict[str, Any] = {"quota": self.quota}
+        if self.documented_limits:
+            options.update(documented_limits(DEMO_TIME_SCALE))
+        return options
+
+    def limit(self) -> str:
+        """The rate limit, as the gallery shows it."""
+        if self.documented_limits:
+            return f"automatic; the server allows 10/{60 / DEMO_TIME_SCALE:g}s, 8 in flight"
+        return str(DEMO_RATE)
 
 
 async def run_demo(
@@ -171,10 +225,15 @@ async def run_demo(
     progress_bar: bool | None = None,
     verbosity: int = 0,
     err: TextIO | None = None,
+    quota: int | None = None,
+    documented_limits: bool = False,
 ) -> int:
     """Run the demo; return the exit status (0 when it went as designed).
 
     Everything it says goes to *err* (stderr); ``verbosity`` -1 says errors only.
+    With *quota*, the fake balance runs out after that many successful calls: the run
+    stops, the demo tops the balance up and resumes. With *documented_limits*, the
+    fake server plays Monica's default limits (time-scaled) and the run its defaults.
 
     Raises:
         UsageError: Pillow is missing, *count* is out of range, or *output_dir*
@@ -182,74 +241,130 @@ async def run_demo(
     """
     err = sys.stderr if err is None else err
     require_pillow()
-    from monica_async.testing import FakeMonicaServer, Fault
-
-    if not DEMO_MIN_COUNT <= count <= DEMO_MAX_COUNT:
-        raise UsageError(
-            f"--count must be from {DEMO_MIN_COUNT} to {DEMO_MAX_COUNT} (four inputs fail on "
-            f"purpose), got {count}"
-        )
+    _check_count(count)
     _prepare(output_dir)
-
-    def say(message: str = "") -> None:
-        if verbosity >= 0:
-            print(message, file=err, flush=True)
-
+    say = _Say(err, verbosity)
     say(f"Drawing {count} sample pictures...")
     pictures = plan_pictures(count, seed)
-    api_key = f"demo-{random.Random(seed).getrandbits(64):016x}"
-    server = FakeMonicaServer(api_key=api_key, seed=seed)
+    play = _Play(quota=quota, documented_limits=documented_limits)
     finished = _Finished()
-    async with server:
-        urls: list[str] = []
-        for picture in pictures:
-            (output_dir / INPUTS / picture.name).write_bytes(picture.data)
-            if picture.missing:
-                urls.append(f"{server.base_url}/images/{picture.name}")
-                continue
-            url = server.add_image(picture.data, name=picture.name)
-            if picture.faults:
-                server.script_faults(url, [Fault[name] for name in picture.faults])
-            urls.append(url)
-        input_list = output_dir / INPUT_LIST
-        input_list.write_text(
-            "# monica-upscale demo: one URL per line, served by the local fake server\n"
-            + "\n".join(urls)
-            + "\n",
-            encoding="utf-8",
-        )
-        meant_to_fail = [p for p in pictures if p.fails_because]
-        faulty = sum(1 for p in pictures if p.faults)
-        say(
-            f"Fake Monica server at {server.base_url} (offline: loopback only, real "
-            "upscaling with Pillow)."
-        )
-        say(
-            f"{len(pictures)} inputs; {len(meant_to_fail)} are meant to fail (too large, not "
-            f"a picture, missing), and the server will fail the first attempts of {faulty} "
-            "others with 429/5xx answers, which the retries absorb."
-        )
-        say()
-        options = RunOptions(
-            input=str(input_list),
-            output=output_dir / RESULTS,
-            api_key=api_key,
-            download_dir=output_dir / UPSCALED,
-            base_url=server.base_url,
-            rate=DEMO_RATE,
-            concurrency=DEMO_CONCURRENCY,
-            input_format=InputFormat.TXT,
-            log_interval=2.0,
-            progress_bar=progress_bar,
-            verbosity=verbosity,
-        )
-        status = await execute(options, err=err, on_finish=finished)
+    options = _run_options(output_dir, progress_bar, verbosity, play)
+    status = await _serve_and_run(pictures, output_dir, options, seed, play, say, finished)
     say()
     if status == EXIT_INTERRUPTED:
         say("Demo interrupted.")
         return status
     if status not in (EXIT_OK, EXIT_FAILED):
         return status
+    return _conclude(pictures, output_dir, finished.figures(), play, say)
+
+
+def _check_count(count: int) -> None:
+    if not DEMO_MIN_COUNT <= count <= DEMO_MAX_COUNT:
+        raise UsageError(
+            f"--count must be from {DEMO_MIN_COUNT} to {DEMO_MAX_COUNT} (four inputs fail on "
+            f"purpose), got {count}"
+        )
+
+
+def _run_options(
+    output_dir: Path, progress_bar: bool | None, verbosity: int, play: _Play
+) -> RunOptions:
+    """The ``run`` options of the demo, but for the key and the server's URL."""
+    paced = not play.documented_limits
+    return RunOptions(
+        input=str(output_dir / INPUT_LIST),
+        output=output_dir / RESULTS,
+        api_key="",
+        download_dir=output_dir / UPSCALED,
+        rate=DEMO_RATE if paced else None,
+        concurrency=DEMO_CONCURRENCY if paced else None,
+        input_format=InputFormat.TXT,
+        log_interval=2.0,
+        progress_bar=progress_bar,
+        verbosity=verbosity,
+    )
+
+
+async def _serve_and_run(
+    pictures: list[DemoPicture],
+    output_dir: Path,
+    options: RunOptions,
+    seed: int,
+    play: _Play,
+    say: _Say,
+    finished: _Finished,
+) -> int:
+    """Start the fake server, serve the pictures and run ``run`` against it."""
+    from monica_async.testing import FakeMonicaServer
+
+    api_key = f"demo-{random.Random(seed).getrandbits(64):016x}"
+    server = FakeMonicaServer(api_key=api_key, seed=seed, **play.server_options())
+    async with server:
+        _publish(server, pictures, output_dir)
+        _announce(server, pictures, play, say)
+        options = attrs.evolve(options, api_key=api_key, base_url=server.base_url)
+        status = await execute(options, err=say.err, on_finish=finished)
+        if status == EXIT_QUOTA:
+            say()
+            say("The demo tops the fake balance up and resumes, as you would after a top-up.")
+            say()
+            server.quota = None
+            options = attrs.evolve(options, resume=True)
+            status = await execute(options, err=say.err, on_finish=finished)
+    return status
+
+
+def _publish(server: FakeMonicaServer, pictures: list[DemoPicture], output_dir: Path) -> None:
+    """Write the pictures and the input list; serve them, with their scripted faults."""
+    from monica_async.testing import Fault
+
+    urls: list[str] = []
+    for picture in pictures:
+        (output_dir / INPUTS / picture.name).write_bytes(picture.data)
+        if picture.missing:
+            urls.append(f"{server.base_url}/images/{picture.name}")
+            continue
+        url = server.add_image(picture.data, name=picture.name)
+        if picture.faults:
+            server.script_faults(url, [Fault[name] for name in picture.faults])
+        urls.append(url)
+    (output_dir / INPUT_LIST).write_text(
+        "# monica-upscale demo: one URL per line, served by the local fake server\n"
+        + "\n".join(urls)
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def _announce(
+    server: FakeMonicaServer, pictures: list[DemoPicture], play: _Play, say: _Say
+) -> None:
+    meant_to_fail = [p for p in pictures if p.fails_because]
+    faulty = sum(1 for p in pictures if p.faults)
+    say(
+        f"Fake Monica server at {server.base_url} (offline: loopback only, real "
+        "upscaling with Pillow)."
+    )
+    say(
+        f"{len(pictures)} inputs; {len(meant_to_fail)} are meant to fail (too large, not "
+        f"a picture, missing), and the server will fail the first attempts of {faulty} "
+        "others with 429/5xx answers, which the retries absorb."
+    )
+    if play.documented_limits:
+        say(
+            "The server plays Monica's default limits for a new key, 5 times faster: 10 "
+            f"requests per {60 / DEMO_TIME_SCALE:g} s, 8 in flight; the run uses its defaults."
+        )
+    if play.quota is not None:
+        say(f"The key's balance runs out after {play.quota} successful call(s).")
+    say()
+
+
+def _conclude(
+    pictures: list[DemoPicture], output_dir: Path, figures: RunFigures, play: _Play, say: _Say
+) -> int:
+    """Write the gallery, say where everything is and whether it went as designed."""
     records = _latest_records(output_dir / RESULTS)
     rows = [
         # Line 1 of the input list is its comment: picture i is on line i + 2.
@@ -261,8 +376,7 @@ async def run_demo(
         )
         for i, p in enumerate(pictures)
     ]
-    figures = RunFigures.of(finished.tally, finished.stats)
-    gallery = write_gallery(output_dir, rows, figures, rate=str(DEMO_RATE))
+    gallery = write_gallery(output_dir, rows, figures, rate=play.limit())
     failed = {i for i, _ in enumerate(pictures) if not records.get(i + 2, {}).get("ok")}
     expected = {i for i, p in enumerate(pictures) if p.fails_because}
     downloaded = sum(1 for r in records.values() if r.get("ok"))
@@ -285,7 +399,7 @@ async def run_demo(
     print(
         "monica-upscale: error: the demo did not go as designed; unexpected outcomes for: "
         + ", ".join(surprising),
-        file=err,
+        file=say.err,
         flush=True,
     )
     return EXIT_FAILED

@@ -24,7 +24,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import IO, Final, Protocol
 
 import attrs
@@ -333,7 +333,7 @@ async def stream_inputs(
     source: RecordSource,
     keep: Callable[[InputRecord], bool],
     stop: asyncio.Event,
-) -> AsyncIterator[InputRecord]:
+) -> AsyncGenerator[InputRecord, None]:
     """Yield the records of *source* that *keep* accepts, until the end or *stop* is set.
 
     The records are read by a daemon thread: a blocking read (a pipe that waits for

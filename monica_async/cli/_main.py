@@ -3,8 +3,9 @@
 Run it as ``monica-upscale ...`` or ``python -m monica_async ...``. stdout is for
 data (the records of ``run -o -``, the ``READY`` line of ``serve-fake``); everything
 meant for people goes to stderr. Exit statuses: 0 every input succeeded, 1 some
-failed, 2 a usage or configuration error (one line on stderr), 130 interrupted
-(SIGINT or SIGTERM), 141 the reader of ``run -o -`` went away.
+failed, 2 a usage or configuration error (one line on stderr), 75 the API key's
+balance ran out (top it up, then ``--resume``), 130 interrupted (SIGINT or SIGTERM),
+141 the reader of ``run -o -`` went away.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TextIO
 
 from monica_async._config import (
     API_KEY_ENV,
@@ -46,7 +48,7 @@ from ._options import (
 from ._progress import require_rich
 from ._run import EXIT_INTERRUPTED, EXIT_OUTPUT_CLOSED, EXIT_USAGE, execute, resume_command
 
-__all__ = ["main"]
+__all__ = ["entry", "main"]
 
 PROG = "monica-upscale"
 
@@ -122,7 +124,8 @@ examples:
 The API key comes from {API_KEY_ENV} or --api-key-file, never from a flag.
 stdout carries only the records (with -o -); progress, notes and the summary go
 to stderr. Exit status: 0 all succeeded, 1 some failed, 2 usage error,
-130 interrupted, 141 the reader of -o - went away."""
+75 the key's balance ran out (top it up, then --resume), 130 interrupted,
+141 the reader of -o - went away."""
 
 
 def _verbosity_options(parser: argparse.ArgumentParser) -> None:
@@ -307,6 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="seed of the pictures and faults: the same seed, the same demo (default 7)",
     )
+    demo.add_argument(
+        "--quota",
+        type=_int_at_least(0),
+        default=None,
+        metavar="N",
+        help="the fake key's balance runs out after N successful calls: see the run stop, "
+        "then the demo tops the balance up and resumes",
+    )
+    demo.add_argument(
+        "--documented-limits",
+        action="store_true",
+        help="the fake server plays Monica's default limits for a new key, 5 times faster "
+        "(10 requests per 12 s, 8 in flight), and the run its defaults instead of "
+        f"{DEMO_RATE}",
+    )
     _progress_option(demo)
     _verbosity_options(demo)
 
@@ -417,12 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     seed=args.seed,
                     progress_bar=_progress(args.progress),
                     verbosity=_verbosity(args),
+                    quota=args.quota,
+                    documented_limits=args.documented_limits,
                 )
             )
         options = run_options(args, resume_command(_prog_for_hint(), args_list))
         status = asyncio.run(execute(options))
         if status == EXIT_OUTPUT_CLOSED:
-            _silence_stdout()
+            _silence(sys.stdout)
+        _silence_if_closed(sys.stderr)
         return status
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
@@ -432,12 +453,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null, so that the flush at exit does not fail once more."""
+def entry() -> NoReturn:
+    """The ``monica-upscale`` program: :func:`main`, then exit with its status.
+
+    Once obstore has run, the process ends without the interpreter's finalization,
+    its output flushed. A thread of obstore's runtime that has just completed a
+    Python future may still be on its way back: pyo3-async-runtimes completes one
+    with ``loop.call_soon_threadsafe``, which releases the GIL around its write to
+    the loop's wake-up socket. If the main thread finalizes the interpreter in that
+    moment, taking the GIL back ends the thread with ``pthread_exit`` (Python up to
+    3.13), whose unwinding cannot cross Rust frames: the process aborts (SIGABRT,
+    status 134) after everything was printed, in about one run of two after a
+    credential failure. Ending with ``os._exit`` leaves no finalization to race.
+    """
+    status = main()
+    if "obstore" in sys.modules:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point *stream* at /dev/null, so that the flush at exit does not fail once more."""
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
+
+
+def _silence_if_closed(stream: TextIO) -> None:
+    """Silence *stream* if its reader went away (``2>&1 | head -1``).
+
+    What could not be written is still buffered; the flush at exit would fail, and
+    Python would then exit with status 120 instead of the run's own.
+    """
+    try:
+        stream.flush()
+    except BrokenPipeError:
+        _silence(stream)
 
 
 def _serve_fake(argv: list[str]) -> int:

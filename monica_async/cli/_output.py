@@ -29,6 +29,7 @@ __all__ = [
     "ResultLog",
     "ResumeState",
     "StreamLog",
+    "download_line",
     "download_name",
     "error_fields",
     "input_key",
@@ -40,6 +41,11 @@ FSYNC_INTERVAL: Final = 1.0
 _IMAGE_SUFFIXES: Final = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _STEM_LIMIT: Final = 60
+#: What :func:`download_name` makes: the line, the stem, the hash, the suffix.
+_DOWNLOAD_NAME: Final = re.compile(
+    r"([1-9][0-9]*)-[A-Za-z0-9._-]+-[0-9a-f]{8}"
+    f"(?:{'|'.join(map(re.escape, _IMAGE_SUFFIXES))})"
+)
 
 
 def input_key(line: int, source: str) -> int:
@@ -246,3 +252,9 @@ def download_name(line: int, source: str, result_url: str) -> str:
     if suffix not in _IMAGE_SUFFIXES:
         suffix = ".png"
     return f"{line}-{stem}-{digest}{suffix}"
+
+
+def download_line(name: str) -> int | None:
+    """The line number in *name* if :func:`download_name` could have made it, else ``None``."""
+    found = _DOWNLOAD_NAME.fullmatch(name)
+    return int(found.group(1)) if found else None

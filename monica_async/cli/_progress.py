@@ -111,6 +111,8 @@ class Reporter:
         self.tally = tally
         self.out = out
         self.total: int | None = None
+        #: The reader of *out* went away (``2>&1 | head -1``): nothing more is shown.
+        self.out_closed = False
 
     def start(self, description: str) -> None:
         """Begin showing progress."""
@@ -128,7 +130,21 @@ class Reporter:
 
     def alert(self, message: str) -> None:
         """Print one line that ``--quiet`` does not silence (an error)."""
-        print(message, file=self.out, flush=True)
+        self.show(lambda: print(message, file=self.out, flush=True))
+
+    def show(self, write: Callable[[], None]) -> None:
+        """Call *write*, which writes to *out*, unless its reader went away; if it goes
+        away now, show nothing more.
+
+        What a run shows is a courtesy: its records and its exit status are what
+        count, and neither may change because nobody reads stderr any more.
+        """
+        if self.out_closed:
+            return
+        try:
+            write()
+        except BrokenPipeError:
+            self.out_closed = True
 
     def stop(self, stats: ClientStats) -> None:
         """Stop showing progress."""
@@ -214,7 +230,8 @@ class BarReporter(Reporter):
 
     def alert(self, message: str) -> None:
         """Print above the bar."""
-        self._progress.console.print(message, highlight=False, markup=False, soft_wrap=True)
+        console = self._progress.console
+        self.show(lambda: console.print(message, highlight=False, markup=False, soft_wrap=True))
 
     def stop(self, stats: ClientStats) -> None:
         """Draw the final state and leave it on screen."""

@@ -13,6 +13,10 @@ the rate limiter (or between retries) are dropped without a record, requests in
 flight get ``grace`` seconds to finish and be recorded; a second signal, or the end
 of the grace period, cancels them. Nothing cancelled is recorded, so ``--resume``
 sends it again.
+
+An error every further request would get stops the run the same way, at once: a
+refused key (exit status 2) or a spent balance (:data:`EXIT_QUOTA`, with the command
+that resumes once the balance is topped up).
 """
 
 from __future__ import annotations
@@ -45,16 +49,18 @@ from monica_async._exceptions import (
     InvalidRequestError,
     MonicaError,
     PermissionDeniedError,
+    QuotaExceededError,
     StorageError,
 )
 from monica_async._models import Outcome, UpscaleResult
 from monica_async._ratelimit import AdaptiveRateLimit, RateLimit, RateLimiter
 from monica_async._stats import ClientStats
-from monica_async._storage import ObjectLocation, Storage
+from monica_async._storage import CHECK_NAME, ObjectLocation, Storage
 from monica_async._validation import is_loopback_host
 
+from ._buckets import check_input_stores, clean_unfinished_uploads
 from ._directory import DirectorySource, open_directory
-from ._inputs import InputRecord, InputSource, count_inputs, open_input, stream_inputs
+from ._inputs import CHUNK, InputRecord, InputSource, count_inputs, open_input, stream_inputs
 from ._options import RunOptions, UsageError
 from ._output import (
     ResultLog,
@@ -81,6 +87,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_OUTPUT_CLOSED",
+    "EXIT_QUOTA",
     "EXIT_USAGE",
     "execute",
 ]
@@ -88,12 +95,20 @@ __all__ = [
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
+#: The key's balance is spent: top it up, then ``--resume``. ``EX_TEMPFAIL`` of
+#: sysexits.h, "try again later".
+EXIT_QUOTA: Final = 75
 EXIT_INTERRUPTED: Final = 130
 #: The reader of ``--output -`` went away: the status of a process killed by SIGPIPE.
 EXIT_OUTPUT_CLOSED: Final = 141
 
 #: Seconds between two refreshes of the progress display.
 TICK: Final = 0.2
+#: Errors every further request of the run would get too: they stop it at once.
+_RUN_STOPPERS: Final = (AuthenticationError, PermissionDeniedError, QuotaExceededError)
+#: Failures (their record's error type) that no retry can turn into a success: the
+#: input itself is wrong (not a URL, a line that cannot be read).
+_NEVER_SUCCEED: Final = frozenset({"InputError", "InvalidRequestError"})
 
 
 class _Stopped(MonicaError):
@@ -225,6 +240,11 @@ def _client(options: RunOptions, limiter: RateLimiter) -> MonicaClient:
     )
 
 
+def _disk_error(error: OSError, path: Path | str) -> OSError:
+    """*error* of writing a download, naming the file and the option that chose its place."""
+    return type(error)(f"cannot write {str(path)!r} (--download-dir): {error.strerror or error}")
+
+
 def _success(
     record: InputRecord, result: UpscaleResult, began: float, path: str | None
 ) -> dict[str, Any]:
@@ -297,11 +317,15 @@ class _Run:
         #: The reader of ``--output -`` went away: nothing more can be recorded.
         self.output_closed = False
         self.consumer: asyncio.Task[None] | None = None
-        self.fatal: str | None = None
+        #: The error that stopped the run because every request would get it.
+        self.refusal: MonicaError | None = None
         self.taken: dict[int, tuple[InputRecord, float]] = {}
         self.downloads: set[asyncio.Task[None]] = set()
         # Automatic concurrency can grow to its ceiling: downloads may follow it.
         self.download_slots = asyncio.Semaphore(options.concurrency or MAX_AUTO_CONCURRENCY)
+        self.records = stream_inputs(self.source, self.keep, self.stop)
+        #: The first inputs, read before the run starts (see check_stores).
+        self.ahead: list[InputRecord] = []
 
     # -- inputs -------------------------------------------------------------------
 
@@ -315,10 +339,30 @@ class _Run:
             return False
         return True
 
+    async def check_stores(self) -> None:
+        """Read the first inputs ahead, and stop if a bucket they name cannot be read."""
+        try:
+            async for record in self.records:
+                self.ahead.append(record)
+                if len(self.ahead) >= CHUNK:
+                    break
+            await check_input_stores(self.ahead)
+        except BaseException:
+            await self.records.aclose()
+            raise
+
+    async def inputs(self) -> AsyncIterator[InputRecord]:
+        """The inputs read ahead, then the rest."""
+        ahead, self.ahead = self.ahead, []
+        for record in ahead:
+            yield record
+        async for record in self.records:
+            yield record
+
     async def urls(self) -> AsyncIterator[str]:
         """The URLs for ``upscale_many``; remembers which input each batch index is."""
         index = 0
-        async for record in stream_inputs(self.source, self.keep, self.stop):
+        async for record in self.inputs():
             if record.url is None:
                 self.write(problem_record(record), ok=False, error_type="InputError")
                 continue
@@ -362,7 +406,7 @@ class _Run:
                 ok=False,
                 error_type=type(error).__name__,
             )
-            if isinstance(error, AuthenticationError | PermissionDeniedError):
+            if isinstance(error, _RUN_STOPPERS):
                 self.fail_fast(error)
             return
         if not self.options.downloads:
@@ -390,8 +434,9 @@ class _Run:
                 )
             await self.client.download(result, path)
         except (MonicaError, OSError) as exc:  # OSError: the local disk, not the API
+            error = _disk_error(exc, path) if isinstance(exc, OSError) else exc
             self.write(
-                _failure(record, exc, began, stage="download", result=result),
+                _failure(record, error, began, stage="download", result=result),
                 ok=False,
                 error_type=type(exc).__name__,
             )
@@ -402,11 +447,8 @@ class _Run:
 
     def fail_fast(self, error: MonicaError) -> None:
         """Stop after an error that every further request would get too."""
-        if self.fatal is None:
-            self.fatal = (
-                f"the API refused the key ({error}); check MONICA_API_KEY or --api-key-file, "
-                "and --base-url"
-            )
+        if self.refusal is None:
+            self.refusal = error
             self.request_stop()
 
     # -- the batch ------------------------------------------------------------------
@@ -511,12 +553,14 @@ async def _execute(
             raise UsageError(
                 f"cannot create --download-dir {str(options.download_dir)!r}: {exc.strerror or exc}"
             ) from None
+        _check_writable(options.download_dir)
         # What a killed run was writing; a live run's files are locked and stay.
         remove_stale_temporaries(options.download_dir)
     async with contextlib.AsyncExitStack() as stack:
         source = _open_source(options, sys.stdin.buffer if stdin is None else stdin)
         stack.callback(source.close)
         await _check_storage(options)
+        await clean_unfinished_uploads(options, err)
         inner = _limiter(options)
         stack.push_async_callback(inner.aclose)
         limiter = _StoppableLimiter(inner)
@@ -530,9 +574,34 @@ async def _execute(
         tally = Tally()
         reporter = _reporter(options, tally, out, err)
         run = _Run(options, source, log, client, limiter, reporter, tally, done)
+        await run.check_stores()
         with log_through(reporter, options.verbosity):
             return await _drive(run, on_finish)
     raise AssertionError("unreachable")  # pragma: no cover - the exit stack never swallows
+
+
+def _check_writable(directory: Path) -> None:
+    """Fail now, naming the option, when no file can be written in *directory*.
+
+    Otherwise every input would be upscaled (and billed) before its download failed,
+    and ``--resume`` would upscale them all again.
+    """
+    probe = directory / CHECK_NAME
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write files in --download-dir {str(directory)!r}: {exc.strerror or exc}; "
+            "nothing was sent"
+        ) from None
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _retry_hint(tally: Tally, hint: str | None) -> str | None:
+    """*hint* (the ``--resume`` command) if some failure of the run could succeed on a
+    retry; ``None`` when every one would fail again as it is."""
+    return hint if any(name not in _NEVER_SUCCEED for name in tally.failed) else None
 
 
 def _open_source(options: RunOptions, stdin: IO[bytes]) -> InputSource | DirectorySource:
@@ -604,60 +673,55 @@ def _count_in_background(run: _Run) -> None:
     threading.Thread(target=count, name="monica-input-counter", daemon=True).start()
 
 
+class _Signals:
+    """SIGINT and SIGTERM during a run: the first stops it gently, the second cancels."""
+
+    def __init__(self, run: _Run, consumer: asyncio.Task[None]) -> None:
+        self.run = run
+        self.consumer = consumer
+        self.loop = asyncio.get_running_loop()
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.installed: list[signal.Signals] = []
+
+    def install(self) -> None:
+        """Handle both signals, where the loop can (the main thread, not Windows)."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.loop.add_signal_handler(signum, self.on_signal, signum.name)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                continue
+            self.installed.append(signum)
+
+    def remove(self) -> None:
+        """Give the signals back and forget a pending grace period."""
+        for signum in self.installed:
+            self.loop.remove_signal_handler(signum)
+        if self.grace_timer is not None:
+            self.grace_timer.cancel()
+
+    def on_signal(self, name: str) -> None:
+        """Stop taking inputs, or cancel what is in flight if already stopping."""
+        run = self.run
+        if run.interrupted:
+            run.reporter.note(f"{name} again: cancelling the requests in flight")
+            self.consumer.cancel()
+            return
+        run.interrupted = True
+        run.request_stop()
+        grace = run.options.grace
+        run.reporter.note(
+            f"{name}: taking no more inputs; waiting up to {grace:g}s for the "
+            f"{run.client.stats.in_flight} request(s) in flight (send it again to cancel them)"
+        )
+        self.grace_timer = self.loop.call_later(grace, self.consumer.cancel)
+
+
 async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
-    loop = asyncio.get_running_loop()
     options = run.options
     run.reporter.start(_describe(run))
     if run.source.regular_file:
         _count_in_background(run)
-    consumer = asyncio.create_task(run.consume(), name="monica-upscale-run")
-    run.consumer = consumer
-    ticker = asyncio.create_task(run.ticker(), name="monica-upscale-progress")
-    grace_timer: asyncio.TimerHandle | None = None
-
-    def on_signal(name: str) -> None:
-        nonlocal grace_timer
-        if run.interrupted:
-            run.reporter.note(f"{name} again: cancelling the requests in flight")
-            consumer.cancel()
-            return
-        run.interrupted = True
-        run.request_stop()
-        run.reporter.note(
-            f"{name}: taking no more inputs; waiting up to {options.grace:g}s for the "
-            f"{run.client.stats.in_flight} request(s) in flight (send it again to cancel them)"
-        )
-        grace_timer = loop.call_later(options.grace, consumer.cancel)
-
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal, signum.name)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
-            continue
-        installed.append(signum)
-    failure: UsageError | None = None
-    try:
-        await consumer
-    except asyncio.CancelledError:
-        if not (run.interrupted or run.output_closed):
-            raise
-    except UsageError as exc:
-        failure = exc
-    except MonicaError as exc:
-        failure = UsageError(str(exc))
-    except OSError as exc:
-        failure = UsageError(f"writing the results failed: {exc.strerror or exc}")
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
-        if grace_timer is not None:
-            grace_timer.cancel()
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        stats: ClientStats = run.client.stats
-        run.reporter.stop(stats)
+    failure, stats = await _consume(run)
     run.log.close()
     if on_finish is not None:
         on_finish(run.tally, stats)
@@ -671,38 +735,107 @@ async def _drive(run: _Run, on_finish: OnFinish | None) -> int:
         run.reporter.note(line)
     if failure is not None:
         raise failure
-    if run.fatal is not None:
-        raise UsageError(run.fatal)
+    return _exit_status(run)
+
+
+async def _consume(run: _Run) -> tuple[UsageError | None, ClientStats]:
+    """Run the batch with the signals handled and progress shown; say what failed it."""
+    consumer = asyncio.create_task(run.consume(), name="monica-upscale-run")
+    run.consumer = consumer
+    ticker = asyncio.create_task(run.ticker(), name="monica-upscale-progress")
+    signals = _Signals(run, consumer)
+    signals.install()
+    failure: UsageError | None = None
+    try:
+        await consumer
+    except asyncio.CancelledError:
+        if not (run.interrupted or run.output_closed):
+            raise
+    except (UsageError, MonicaError, OSError) as exc:
+        failure = _as_usage_error(exc)
+    finally:
+        signals.remove()
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        stats: ClientStats = run.client.stats
+        run.reporter.stop(stats)
+    return failure, stats
+
+
+def _as_usage_error(exc: UsageError | MonicaError | OSError) -> UsageError:
+    """The one-line error that ends a run the batch itself failed."""
+    if isinstance(exc, UsageError):
+        return exc
+    if isinstance(exc, MonicaError):
+        return UsageError(str(exc))
+    return UsageError(f"writing the results failed: {exc.strerror or exc}")
+
+
+def _exit_status(run: _Run) -> int:
+    """Say how the run ended, on stderr, and return its exit status."""
+    options = run.options
     # -o - cannot be resumed: no hint that would be refused.
     hint = None if options.to_stdout else options.resume_command
+    if isinstance(run.refusal, QuotaExceededError):
+        run.reporter.alert(_quota_message(run, run.refusal, hint))
+        return EXIT_QUOTA
+    if run.refusal is not None:
+        raise UsageError(
+            f"the API refused the key ({run.refusal}); check MONICA_API_KEY or "
+            "--api-key-file, and --base-url"
+        )
     if run.output_closed:
         run.reporter.note("stdout was closed by its reader: stopped")
         return EXIT_OUTPUT_CLOSED
-    quiet = options.verbosity < 0
     if run.interrupted:
-        if quiet:
-            run.reporter.alert(
-                "monica-upscale: interrupted" + (f"; to resume, run: {hint}" if hint else "")
-            )
-        elif hint:
-            run.reporter.note(f"To resume, run:\n  {hint}")
+        _report_interrupted(run, hint)
         return EXIT_INTERRUPTED
     if run.tally.failures:
-        if quiet:
-            tally = run.tally
-            kinds = ", ".join(f"{name} {count}" for name, count in tally.failed.most_common())
-            where = "on stdout" if options.to_stdout else f"in {str(options.output)!r}"
-            run.reporter.alert(
-                f"monica-upscale: {tally.failures} of {tally.done} input(s) failed ({kinds}); "
-                f"their records {where} say why"
-                + (f"; to retry only those, run: {hint}" if hint else "")
-            )
-        elif hint:
-            run.reporter.note(
-                f"{run.tally.failures} input(s) failed; to retry only those, run:\n  {hint}"
-            )
+        _report_failures(run, hint)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _quota_message(run: _Run, error: QuotaExceededError, hint: str | None) -> str:
+    """What to say when the balance ran out: what happened, what is left, how to go on."""
+    if hint:
+        then = f"then run:\n  {hint}"
+    elif run.options.to_stdout:
+        then = "then send again the inputs whose records failed (-o - cannot be resumed)"
+    else:
+        then = "then run the same command with --resume"
+    return (
+        f"monica-upscale: error: the balance of this API key is exhausted ({error}); "
+        f"stopped sending: {run.tally.succeeded} input(s) upscaled in this run, the others "
+        f"were not. Top the balance up (plan and billing on the Monica dashboard), {then}"
+    )
+
+
+def _report_interrupted(run: _Run, hint: str | None) -> None:
+    if run.options.verbosity < 0:
+        run.reporter.alert(
+            "monica-upscale: interrupted" + (f"; to resume, run: {hint}" if hint else "")
+        )
+    elif hint:
+        run.reporter.note(f"To resume, run:\n  {hint}")
+
+
+def _report_failures(run: _Run, hint: str | None) -> None:
+    tally = run.tally
+    hint = _retry_hint(tally, hint)
+    if run.options.verbosity >= 0:
+        if hint:
+            run.reporter.note(
+                f"{tally.failures} input(s) failed; to retry only those, run:\n  {hint}"
+            )
+        return
+    kinds = ", ".join(f"{name} {count}" for name, count in tally.failed.most_common())
+    where = "on stdout" if run.options.to_stdout else f"in {str(run.options.output)!r}"
+    run.reporter.alert(
+        f"monica-upscale: {tally.failures} of {tally.done} input(s) failed ({kinds}); "
+        f"their records {where} say why" + (f"; to retry only those, run: {hint}" if hint else "")
+    )
 
 
 def resume_command(prog: str, argv: list[str]) -> str:

@@ -15,12 +15,23 @@ In another process: ``python -m monica_async.testing --port 0`` prints
 ``READY <base_url>``; stats are at ``GET <base_url>/_fake/stats`` and are reset by
 ``POST <base_url>/_fake/reset``. With pytest, the ``fake_monica`` and
 ``fake_monica_factory`` fixtures come with the package's pytest plugin.
+
+Monica's documented limits for a new key, time-scaled for a quick test, and a
+balance that runs out after five calls::
+
+    FakeMonicaServer(**documented_limits(time_scale=5), latency=(0.4, 0.8), quota=5)
 """
 
 from ._serve import serve_fake_main
 from ._server import (
     API_PATH,
     DEFAULT_FAULT_WEIGHTS,
+    DOCUMENTED_MAX_CONCURRENCY,
+    DOCUMENTED_RATE_LIMIT,
+    QUOTA_CODE,
+    QUOTA_MESSAGE,
+    QUOTA_PATH,
+    RATE_LIMIT_MESSAGE,
     RESET_PATH,
     STATS_PATH,
     FakeMonicaServer,
@@ -28,12 +39,20 @@ from ._server import (
     FakeServerStats,
     Fault,
     Latency,
+    LimitOptions,
+    documented_limits,
     make_sample_image,
 )
 
 __all__ = [
     "API_PATH",
     "DEFAULT_FAULT_WEIGHTS",
+    "DOCUMENTED_MAX_CONCURRENCY",
+    "DOCUMENTED_RATE_LIMIT",
+    "QUOTA_CODE",
+    "QUOTA_MESSAGE",
+    "QUOTA_PATH",
+    "RATE_LIMIT_MESSAGE",
     "RESET_PATH",
     "STATS_PATH",
     "FakeMonicaServer",
@@ -41,6 +60,8 @@ __all__ = [
     "FakeServerStats",
     "Fault",
     "Latency",
+    "LimitOptions",
+    "documented_limits",
     "make_sample_image",
     "serve_fake_main",
 ]

@@ -10,10 +10,18 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from monica_async._text import RATE_EXAMPLES, parse_rate
 
-from ._server import DEFAULT_API_KEY, DEFAULT_HOST, FakeMonicaServer, Fault, Latency
+from ._server import (
+    DEFAULT_API_KEY,
+    DEFAULT_HOST,
+    FakeMonicaServer,
+    Fault,
+    Latency,
+    documented_limits,
+)
 
 __all__ = ["build_parser", "serve_fake_main"]
 
@@ -121,6 +129,28 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="answer 429 to requests beyond N handled at once (default: no limit)",
     )
     parser.add_argument(
+        "--documented-limits",
+        action="store_true",
+        help="play the limits Monica documents for a new key: 10 requests per minute "
+        "(sliding window) and 8 in flight; --rate-limit and --max-concurrency override them",
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=_number(0.0, math.inf, "a number > 0"),
+        default=None,
+        metavar="X",
+        help="with --documented-limits, run their window X times faster: 5 gives 10 "
+        "requests per 12 s (default 1)",
+    )
+    parser.add_argument(
+        "--quota",
+        type=_integer(0, sys.maxsize, "an integer >= 0"),
+        default=None,
+        metavar="N",
+        help="the balance runs out after N successful calls: then 429 insufficient_quota; "
+        'top it up with POST <base_url>/_fake/quota {"quota": N} (default: no quota)',
+    )
+    parser.add_argument(
         "--fault-rate",
         type=_number(0.0, 1.0, "a number from 0 to 1, e.g. 0.1"),
         default=0.0,
@@ -163,14 +193,16 @@ def serve_fake_main(argv: list[str] | None = None, *, prog: str | None = None) -
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
+        limits = _limits(args)
         server = FakeMonicaServer(
             api_key=None if args.any_key else args.api_key,
             host=args.host,
             port=args.port,
             process_images=not args.no_images,
             latency=args.latency,
-            rate_limit=args.rate_limit,
-            max_concurrency=args.max_concurrency,
+            rate_limit=limits.get("rate_limit"),
+            max_concurrency=limits.get("max_concurrency"),
+            quota=args.quota,
             fault_rate=args.fault_rate,
             **({} if args.faults is None else {"fault_weights": args.faults}),
             retry_after=args.retry_after,
@@ -194,6 +226,20 @@ def serve_fake_main(argv: list[str] | None = None, *, prog: str | None = None) -
     except KeyboardInterrupt:  # where the loop cannot take over SIGINT (Windows)
         pass
     return 0
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The rate limit and the concurrency cap asked for: the preset, then the flags."""
+    if args.time_scale is not None and not args.documented_limits:
+        raise ValueError("--time-scale scales --documented-limits: add --documented-limits")
+    limits: dict[str, Any] = {}
+    if args.documented_limits:
+        limits.update(documented_limits(1.0 if args.time_scale is None else args.time_scale))
+    if args.rate_limit is not None:
+        limits["rate_limit"] = args.rate_limit
+    if args.max_concurrency is not None:
+        limits["max_concurrency"] = args.max_concurrency
+    return limits
 
 
 async def _serve(server: FakeMonicaServer) -> None:

@@ -2,7 +2,8 @@
 
 It keeps the published contract (``monica_async/openapi.yaml``) strictly, really
 upscales pictures with Pillow, and can be told to misbehave: latency, a per-key
-rate limit, a concurrency cap and injected faults, each seedable.
+rate limit, a concurrency cap, a balance that runs out and injected faults, each
+seedable. :func:`documented_limits` gives the limits Monica publishes for a new key.
 
 How a request to ``POST /v1/image/tool/upscale`` is handled, in order:
 
@@ -11,18 +12,21 @@ How a request to ``POST /v1/image/tool/upscale`` is handled, in order:
    image host must be a loopback address, checked before any connection is made.
 3. The attempt is counted for its image, then the concurrency cap and the per-key
    sliding window are applied (429). Only well-formed requests reach the limits.
-4. A fault is chosen (per-image script, then the global queue, then ``fault_rate``).
-5. ``latency`` is slept, then the fault is applied or the picture upscaled (200).
+4. With a ``quota``, the request takes a unit of the balance, or gets 429
+   ``insufficient_quota`` when none is left; only a 200 spends the unit.
+5. A fault is chosen (per-image script, then the global queue, then ``fault_rate``).
+6. ``latency`` is slept, then the fault is applied or the picture upscaled (200).
 
-Error bodies are ``{"error": {"code": "...", "message": "..."}}``, and every answer
+Error bodies are ``{"error": {"code": "...", "message": "..."}}``, their messages
+worded as Monica's errors page words them where it has the case, and every answer
 carries an ``x-request-id`` header. Codes used: ``missing_api_key``,
 ``invalid_authorization``, ``invalid_api_key`` (401); ``invalid_content_type``,
 ``empty_body``, ``invalid_json``, ``invalid_body``, ``unknown_field``,
 ``missing_field``, ``invalid_image``, ``invalid_scale``, ``invalid_image_url``,
 ``image_host_not_allowed``, ``image_download_failed``, ``image_too_large`` (400);
 ``not_found`` (404); ``method_not_allowed`` (405); ``rate_limit_exceeded``,
-``too_many_concurrent_requests`` (429); ``internal_error``, ``service_unavailable``
-(5xx).
+``too_many_concurrent_requests``, ``insufficient_quota`` (429); ``internal_error``,
+``service_unavailable`` (5xx).
 
 Times in :class:`FakeServerStats` are ``time.monotonic()`` readings of the process
 the server runs in. On Linux that clock is system-wide, so readings fetched over
@@ -49,7 +53,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from email.utils import formatdate
 from types import MappingProxyType, TracebackType
-from typing import Any, Final, Protocol, Self, TypeAlias
+from typing import Any, Final, Protocol, Self, TypeAlias, TypedDict
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -67,6 +71,12 @@ __all__ = [
     "API_PATH",
     "DEFAULT_API_KEY",
     "DEFAULT_FAULT_WEIGHTS",
+    "DOCUMENTED_MAX_CONCURRENCY",
+    "DOCUMENTED_RATE_LIMIT",
+    "QUOTA_CODE",
+    "QUOTA_MESSAGE",
+    "QUOTA_PATH",
+    "RATE_LIMIT_MESSAGE",
     "RESET_PATH",
     "STATS_PATH",
     "FakeMonicaServer",
@@ -74,6 +84,8 @@ __all__ = [
     "FakeServerStats",
     "Fault",
     "Latency",
+    "LimitOptions",
+    "documented_limits",
     "make_sample_image",
 ]
 
@@ -83,8 +95,20 @@ logger = logging.getLogger("monica_async.testing")
 API_PATH: Final = "/v1/image/tool/upscale"
 #: ``GET`` returns :meth:`FakeServerStats.to_json`; no auth, not counted.
 STATS_PATH: Final = "/_fake/stats"
-#: ``POST`` resets the stats; no auth, not counted.
+#: ``POST`` resets the stats and drops the results kept for download; no auth, not counted.
 RESET_PATH: Final = "/_fake/reset"
+#: ``GET`` returns ``{"quota": N}`` (``null``: no quota); ``POST {"quota": N}`` sets the
+#: balance left (a top-up), ``{"quota": null}`` removes it. No auth, not counted.
+QUOTA_PATH: Final = "/_fake/quota"
+
+#: Monica's published default limits for Upscale, per key: 10 requests a minute...
+DOCUMENTED_RATE_LIMIT: Final = (10, 60.0)
+#: ...and 8 requests in flight at once.
+DOCUMENTED_MAX_CONCURRENCY: Final = 8
+#: Monica's wording of the two 429s (its errors page).
+RATE_LIMIT_MESSAGE: Final = "Rate limit reached for requests"
+QUOTA_MESSAGE: Final = "You exceeded your current quota, please check your plan and billing details"
+QUOTA_CODE: Final = "insufficient_quota"
 
 DEFAULT_API_KEY: Final = "test-key"
 DEFAULT_HOST: Final = "127.0.0.1"
@@ -99,15 +123,23 @@ DEFAULT_FETCH_TIMEOUT: Final = 10.0
 DEFAULT_MAX_INPUT_SIZE: Final = (2048, 2048)
 DEFAULT_MAX_OUTPUT_SIZE: Final = (4096, 4096)
 DEFAULT_MAX_DOWNLOAD_BYTES: Final = 64 * 1024 * 1024
+#: Bytes of upscaled results kept for download; past them the oldest are dropped.
+DEFAULT_MAX_RESULT_BYTES: Final = 1024 * 1024 * 1024
+#: What a kept result counts for besides its bytes (its URL, its entry): so that a
+#: long run of tiny results is bounded too.
+_RESULT_OVERHEAD: Final = 256
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 
 _FIELDS: Final = ("image", "scale")
 _ROUTE_UPSCALE: Final = "upscale"
 # Picture downloads and control endpoints are not what a client test measures.
-_UNCOUNTED_ROUTES: Final = frozenset({"images", "results", "fake-stats", "fake-reset"})
+_UNCOUNTED_ROUTES: Final = frozenset(
+    {"images", "results", "fake-stats", "fake-reset", "fake-quota", "fake-quota-set"}
+)
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _DERIVED_RESULT_RE: Final = re.compile(r"/results/[0-9a-f]{40}\.png")
+_KEPT_RESULT_RE: Final = re.compile(r"/results/[0-9a-f]{32}\.png")
 # After aborting a transport the handler only waits for aiohttp to cancel it
 # (handler_cancellation=True), which happens within a loop iteration or two.
 _AFTER_ABORT_WAIT: Final = 60.0
@@ -158,9 +190,50 @@ DEFAULT_FAULT_WEIGHTS: Final[Mapping[Fault, float]] = MappingProxyType(
     }
 )
 
+#: Monica's wording of the errors its errors page lists, for the faults that play them.
+_FAULT_WORDING: Final[Mapping[Fault, str]] = {
+    Fault.HTTP_429: RATE_LIMIT_MESSAGE,
+    Fault.HTTP_429_DATE: RATE_LIMIT_MESSAGE,
+    Fault.HTTP_429_NO_RETRY_AFTER: RATE_LIMIT_MESSAGE,
+    Fault.HTTP_500: "The server had an error while processing your request",
+    Fault.HTTP_503: "The engine is currently overloaded, please try again later",
+}
+
 #: Seconds of latency: fixed, a ``(low, high)`` uniform range, or drawn by a callable
 #: from the server's seeded ``random.Random``.
 Latency: TypeAlias = float | tuple[float, float] | Callable[[random.Random], float]
+
+
+class LimitOptions(TypedDict):
+    """Keyword arguments of :class:`FakeMonicaServer` that set a key's limits."""
+
+    rate_limit: tuple[int, float]
+    max_concurrency: int
+
+
+def documented_limits(time_scale: float = 1.0) -> LimitOptions:
+    """The limits Monica documents for a new key: 10 requests a minute, 8 in flight.
+
+    Pass them to the server: ``FakeMonicaServer(**documented_limits())``. A
+    *time_scale* above 1 shortens the window to keep tests fast: ``time_scale=5``
+    allows 10 requests per 12 s (latency is not scaled; set it too).
+
+    Raises:
+        ValueError: *time_scale* is not a number > 0.
+    """
+    if (
+        isinstance(time_scale, bool)
+        or not isinstance(time_scale, int | float)
+        or not 0 < time_scale < math.inf
+    ):
+        raise ValueError(
+            f"time_scale must be a number > 0, e.g. 5 for 12 s windows, got {time_scale!r}"
+        )
+    requests, per = DOCUMENTED_RATE_LIMIT
+    return {
+        "rate_limit": (requests, per / time_scale),
+        "max_concurrency": DOCUMENTED_MAX_CONCURRENCY,
+    }
 
 
 def _count(counter: dict[Any, int], key: Any) -> None:
@@ -186,6 +259,8 @@ class FakeServerStats:
         auth_failures: Requests answered 401.
         rate_limited: 429s from the per-key sliding window.
         concurrency_limited: 429s from ``max_concurrency``.
+        quota_exceeded: 429s ``insufficient_quota``: no balance was left.
+        quota_exceeded_times: When each of those requests arrived.
         faults_injected: Injected faults by kind.
         dropped: Connections closed without an answer (``Fault.DROP``).
         hung: Requests left hanging (``Fault.HANG``).
@@ -202,6 +277,8 @@ class FakeServerStats:
     auth_failures: int = 0
     rate_limited: int = 0
     concurrency_limited: int = 0
+    quota_exceeded: int = 0
+    quota_exceeded_times: list[float] = attrs.Factory(list)
     faults_injected: dict[Fault, int] = attrs.Factory(dict)
     dropped: int = 0
     hung: int = 0
@@ -223,6 +300,7 @@ class FakeServerStats:
         data["attempts_by_image"] = dict(self.attempts_by_image)
         data["accepted_times"] = list(self.accepted_times)
         data["request_times"] = list(self.request_times)
+        data["quota_exceeded_times"] = list(self.quota_exceeded_times)
         data["faults_injected"] = {k.value: v for k, v in self.faults_injected.items()}
         return data
 
@@ -449,6 +527,13 @@ def _check_max_concurrency(_: object, attribute: attrs.Attribute[Any], value: An
         raise ValueError(f"max_concurrency must be None or an int >= 1, got {value!r}")
 
 
+def _check_quota(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not int or value < 0):
+        raise ValueError(
+            f"quota must be None or an int >= 0 (successful calls left), got {value!r}"
+        )
+
+
 def _check_fault_rate(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise ValueError(f"fault_rate must be between 0.0 and 1.0, got {value!r}")
@@ -469,6 +554,11 @@ def _check_non_negative(_: object, attribute: attrs.Attribute[Any], value: Any) 
         raise ValueError(f"{attribute.name} must be seconds >= 0, got {value!r}")
 
 
+def _check_byte_count(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
 def _check_size(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (
         isinstance(value, tuple)
@@ -480,6 +570,38 @@ def _check_size(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 def _freeze_weights(value: Mapping[Fault, float]) -> Mapping[Fault, float]:
     return MappingProxyType(dict(value))
+
+
+class _Results:
+    """The results a server made, kept for download, oldest dropped past a budget of bytes.
+
+    The newest result is always kept, however large. A dropped result that is being
+    downloaded goes on being sent: the response holds its bytes.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[str, bytes] = {}  # in insertion order: oldest first
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def add(self, path: str, data: bytes, budget: int) -> None:
+        """Keep *data* at *path*; drop the oldest results while over *budget* bytes."""
+        self._kept[path] = data
+        self.size += len(data) + _RESULT_OVERHEAD
+        while self.size > budget and len(self._kept) > 1:
+            oldest = next(iter(self._kept))
+            self.size -= len(self._kept.pop(oldest)) + _RESULT_OVERHEAD
+
+    def get(self, path: str) -> bytes | None:
+        """The result at *path*, unless it was dropped (or never made)."""
+        return self._kept.get(path)
+
+    def clear(self) -> None:
+        """Drop every result."""
+        self._kept.clear()
+        self.size = 0
 
 
 # eq=False: a server is a live object, equal only to itself (and hashable).
@@ -503,6 +625,11 @@ class FakeMonicaServer:
         rate_limit: ``(requests, per_seconds)`` per API key, as a sliding window;
             over it: 429 with ``Retry-After`` (whole seconds until a slot frees).
         max_concurrency: Admitted requests handled at once; more: 429.
+            :func:`documented_limits` gives Monica's defaults for both.
+        quota: Successful calls the balance still pays for, shared by every key;
+            then 429 ``insufficient_quota`` with Monica's wording and no
+            ``Retry-After``. Each 200 spends one; assign (or ``POST`` to
+            :data:`QUOTA_PATH`) to top up. ``None`` (default): no quota.
         fault_rate: Probability of injecting a fault into an admitted request.
         fault_weights: Relative weights of the fault kinds ``fault_rate`` draws.
         retry_after: Seconds announced by injected 429s and concurrency 429s.
@@ -514,6 +641,10 @@ class FakeMonicaServer:
         shutdown_timeout: Seconds :meth:`stop` waits for requests in flight (read
             by :meth:`start`).
         max_download_bytes: Largest input picture file accepted, in bytes.
+        max_result_bytes: Bytes of upscaled results kept for download: past them
+            the oldest are dropped (their URLs then answer 404), so that a long run
+            stays bounded. The newest is always kept; :data:`RESET_PATH` and
+            :meth:`clear_results` drop them all.
     """
 
     api_key: str | None = attrs.field(default=DEFAULT_API_KEY, repr=False)
@@ -523,6 +654,7 @@ class FakeMonicaServer:
     latency: Latency | None = attrs.field(default=None, validator=_check_latency)
     rate_limit: tuple[int, float] | None = attrs.field(default=None, validator=_check_rate_limit)
     max_concurrency: int | None = attrs.field(default=None, validator=_check_max_concurrency)
+    quota: int | None = attrs.field(default=None, validator=_check_quota)
     fault_rate: float = attrs.field(default=0.0, validator=_check_fault_rate)
     fault_weights: Mapping[Fault, float] = attrs.field(
         default=DEFAULT_FAULT_WEIGHTS, converter=_freeze_weights, validator=_check_fault_weights
@@ -541,6 +673,9 @@ class FakeMonicaServer:
         default=DEFAULT_SHUTDOWN_TIMEOUT, validator=_check_non_negative
     )
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    max_result_bytes: int = attrs.field(
+        default=DEFAULT_MAX_RESULT_BYTES, validator=_check_byte_count
+    )
 
     _rng: random.Random = attrs.field(init=False, repr=False)
     _stats: FakeServerStats = attrs.field(init=False, repr=False, factory=FakeServerStats)
@@ -550,10 +685,13 @@ class FakeMonicaServer:
     _base_url: str | None = attrs.field(init=False, repr=False, default=None)
     _stopping: asyncio.Event | None = attrs.field(init=False, repr=False, default=None)
     _blobs: dict[str, tuple[bytes, str]] = attrs.field(init=False, repr=False, factory=dict)
+    _results: _Results = attrs.field(init=False, repr=False, factory=_Results)
     _scripts: dict[str, deque[Fault | None]] = attrs.field(init=False, repr=False, factory=dict)
     _queue: deque[Fault | None] = attrs.field(init=False, repr=False, factory=deque)
     _windows: dict[str, deque[float]] = attrs.field(init=False, repr=False, factory=dict)
     _active: int = attrs.field(init=False, repr=False, default=0)
+    #: Requests in progress holding a unit of the balance, not spent yet.
+    _reserved: int = attrs.field(init=False, repr=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -581,6 +719,8 @@ class FakeMonicaServer:
         app.router.add_get("/results/{name}", self._handle_blob, name="results")
         app.router.add_get(STATS_PATH, self._handle_stats, name="fake-stats")
         app.router.add_post(RESET_PATH, self._handle_reset, name="fake-reset")
+        app.router.add_get(QUOTA_PATH, self._handle_quota, name="fake-quota")
+        app.router.add_post(QUOTA_PATH, self._handle_set_quota, name="fake-quota-set")
         # handler_cancellation: a client that gives up (e.g. on a hang) frees its handler.
         runner = web.AppRunner(
             app,
@@ -657,6 +797,10 @@ class FakeMonicaServer:
         """Forget what the server saw; requests in flight stay counted in ``in_flight``."""
         in_flight = self._stats.in_flight
         self._stats = FakeServerStats(in_flight=in_flight, peak_concurrency=in_flight)
+
+    def clear_results(self) -> None:
+        """Drop every upscaled result kept for download (images added stay)."""
+        self._results.clear()
 
     def add_image(
         self, data: bytes, *, name: str | None = None, content_type: str | None = None
@@ -791,22 +935,55 @@ class FakeMonicaServer:
             self._check_fetchable(image)
         _count(self._stats.attempts_by_image, image)
         self._admit(key)
+        reserved = self._reserve_quota()
         # Chosen before the latency sleep, so scripts apply in arrival order.
         fault = self._choose_fault(image)
         self._active += 1
+        spent = False
         try:
-            delay = self._draw_latency()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if fault is not None:
-                _count(self._stats.faults_injected, fault)
-                return await self._inject(request, fault)
-            if not self.process_images:
-                digest = hashlib.sha1(image.encode()).hexdigest()
-                return web.json_response({"image": f"{self.base_url}/results/{digest}.png"})
-            return await self._upscale(image, scale)
+            response = await self._answer(request, image, scale, fault)
+            spent = response.status == 200
+            return response
         finally:
             self._active -= 1
+            if reserved:
+                self._settle_quota(spent)
+
+    async def _answer(
+        self, request: web.Request, image: str, scale: int, fault: Fault | None
+    ) -> web.StreamResponse:
+        """Sleep the latency, then inject *fault* or upscale."""
+        delay = self._draw_latency()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if fault is not None:
+            _count(self._stats.faults_injected, fault)
+            return await self._inject(request, fault)
+        if not self.process_images:
+            digest = hashlib.sha1(image.encode()).hexdigest()
+            return web.json_response({"image": f"{self.base_url}/results/{digest}.png"})
+        return await self._upscale(image, scale)
+
+    def _reserve_quota(self) -> bool:
+        """Hold a unit of the balance for this request; tell whether one is held.
+
+        Raises:
+            _Reply: 429 ``insufficient_quota`` when every unit is spent or held.
+        """
+        if self.quota is None:
+            return False
+        if self.quota - self._reserved <= 0:
+            self._stats.quota_exceeded += 1
+            self._stats.quota_exceeded_times.append(time.monotonic())
+            raise _Reply(429, QUOTA_CODE, QUOTA_MESSAGE)
+        self._reserved += 1
+        return True
+
+    def _settle_quota(self, spent: bool) -> None:
+        """Give back the unit a request held, spending it if the request succeeded."""
+        self._reserved -= 1
+        if spent and self.quota is not None:
+            self.quota = max(0, self.quota - 1)
 
     def _authenticate(self, request: web.Request) -> str:
         header = request.headers.get("Authorization")
@@ -826,7 +1003,7 @@ class FakeMonicaServer:
         elif self.api_key is not None and not secrets.compare_digest(
             token.encode(), self.api_key.encode()
         ):
-            problem = ("invalid_api_key", "the API key is not valid")
+            problem = ("invalid_api_key", "Incorrect API key provided")
         else:
             return token
         self._stats.auth_failures += 1
@@ -850,7 +1027,7 @@ class FakeMonicaServer:
             raise _Reply(
                 429,
                 "too_many_concurrent_requests",
-                f"more than {limit} requests at once; retry later",
+                f"{RATE_LIMIT_MESSAGE}: more than {limit} at once for this API key; retry later",
                 headers={"Retry-After": self._retry_after_header()},
             )
         if self.rate_limit is None:
@@ -870,8 +1047,8 @@ class FakeMonicaServer:
             raise _Reply(
                 429,
                 "rate_limit_exceeded",
-                f"rate limit of {requests} requests per {per:g} s exceeded for this API key; "
-                f"retry in {wait} s",
+                f"{RATE_LIMIT_MESSAGE}: over {requests} requests per {per:g} s for this API "
+                f"key; retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
         window.append(now)
@@ -904,7 +1081,10 @@ class FakeMonicaServer:
         return str(math.ceil(self.retry_after))
 
     async def _inject(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        wording = _FAULT_WORDING.get(fault)
         message = f"injected fault: {fault.value}"
+        if wording is not None:
+            message = f"{wording} ({message})"
         if fault is Fault.HTTP_429:
             return _error_response(
                 429, "rate_limit_exceeded", message, {"Retry-After": self._retry_after_header()}
@@ -952,7 +1132,7 @@ class FakeMonicaServer:
         except _images.ImageError as exc:
             raise _Reply(400, exc.code, exc.message) from None
         path = f"/results/{uuid.uuid4().hex}.png"
-        self._blobs[path] = (result, "image/png")
+        self._results.add(path, result, self.max_result_bytes)
         return web.json_response({"image": self.base_url + path})
 
     async def _download(self, image: str) -> bytes:
@@ -991,8 +1171,17 @@ class FakeMonicaServer:
 
     async def _handle_blob(self, request: web.Request) -> web.StreamResponse:
         found = self._blobs.get(request.path)
+        if found is None and (result := self._results.get(request.path)) is not None:
+            found = (result, "image/png")
         if found is None and _DERIVED_RESULT_RE.fullmatch(request.path):
             found = (_images.placeholder_png(), "image/png")
+        if found is None and _KEPT_RESULT_RE.fullmatch(request.path):
+            raise _Reply(
+                404,
+                "not_found",
+                f"no result at {request.path}: results are kept up to max_result_bytes "
+                f"({self.max_result_bytes} bytes), oldest dropped first, until a reset",
+            )
         if found is None:
             raise _Reply(404, "not_found", f"nothing is served at {request.path}")
         data, content_type = found
@@ -1003,7 +1192,22 @@ class FakeMonicaServer:
 
     async def _handle_reset(self, request: web.Request) -> web.StreamResponse:
         self.reset_stats()
+        self.clear_results()
         return web.json_response({"reset": True})
+
+    async def _handle_quota(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"quota": self.quota})
+
+    async def _handle_set_quota(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload = await request.json()
+            self.quota = payload["quota"]
+        except (ValueError, TypeError, KeyError) as exc:
+            reason = str(exc) if isinstance(exc, ValueError) else "expected a JSON object"
+            raise _Reply(
+                400, "invalid_quota", f'send {{"quota": N}} with N an int >= 0 or null ({reason})'
+            ) from None
+        return web.json_response({"quota": self.quota})
 
 
 class FakeServerFactory(Protocol):
