@@ -8,35 +8,42 @@ sizes a :class:`~monica_async._flow.Slots` from what it observes:
 1. **A known rate** (the limiter's: a :class:`RateLimit`, a :class:`RedisRateLimit`,
    or what an :class:`AdaptiveRateLimit` has learned): the target is
    ``rate * L90 * 1.15 + 2``, where ``L90`` is the 90th percentile of recent
-   latencies (before the first answer, the age of the oldest attempt, a lower bound).
-   The headroom covers the spread of latencies; the limiter keeps the pace.
-2. **Callers waiting while the limiter has slots to spare**: slow start, as TCP
-   does. The target doubles every round trip (counted at most 1 s: a refusal comes
-   back at once, so silence means nothing was refused), unless the latency shows
-   queueing (Vegas-style: the recent median above twice the lowest median seen),
-   which means more in flight only waits longer on the server. This is how the
-   target grows when no rate is known, and how it makes up, with a known rate, for
-   the first answers being the fastest ones.
+   latencies (before the first answer, the age of the oldest attempt, a lower bound),
+   and at least the limiter's burst allowance (no more than the most ever accepted
+   in flight). The headroom covers the spread of latencies; the limiter keeps the pace.
+2. **Growth only where more in flight raises throughput**: slow start, as TCP does,
+   while callers wait for a place, the limiter lets starts through at once and the
+   starts stay under 80% of its rate (over a second, or the window its burst refills
+   in): more in flight while callers wait on the limiter's pace would only wait
+   longer on it. The target doubles every round trip (counted at most 1 s: a refusal
+   comes back at once, so silence means nothing was refused), at most once per
+   update, unless the latency shows queueing (Vegas-style: the recent median above
+   twice the lowest median seen), which means more in flight only waits longer on
+   the server. With no rate and no answer yet, nothing shows what more would do: the
+   target holds. This is how the target grows when no rate is known, and how it
+   makes up, with a known rate, for the first answers being the fastest ones.
 3. **A server concurrency cap** (many image APIs answer 429 above N in flight):
    when the limiter's rate is fixed by the user, it paces below the server's rate
-   limit by construction, so a 429 that came with as many in flight as any
-   accepted attempt lately (and not alone), or among enough others to show a limit
-   (:class:`~monica_async._ratelimit.Evidence`), is put down to the number in
-   flight: the cap becomes the number the server was working on, and no one
-   pauses. An adaptive limiter instead learns the rate that fits (a cap of *C* at
-   latency *L* is a rate of *C / L*), but at a steady pace the spread of latencies
-   still pushes the number in flight over the cap now and then. Before any answer,
-   while the limiter paces, three refusals or more over at least a second with the
-   number in flight flat set the cap to that number: under a rate limit it would
-   have grown, nothing being answered yet. Once answers come and the limiter has paced
-   for two median latencies (so that the accepted attempts were sent at that pace),
-   two 429s in a row for attempts sent with more in flight than any accepted lately
-   set the cap to the most accepted, and those 429s do not cut the rate. While callers wait at
-   the cap it is probed upward by 5% (at least one place) every
+   limit by construction, so 429s that show a limit
+   (:class:`~monica_async._ratelimit.Evidence`), or two in a row with as many in
+   flight as any accepted attempt lately, are put down to the number in flight: the
+   cap becomes the number the server was working on, and no one pauses. An adaptive
+   limiter instead learns the rate that fits (a cap of *C* at latency *L* is a rate
+   of *C / L*), but at a steady pace the spread of latencies still pushes the number
+   in flight over the cap now and then. Before any answer, while the limiter paces,
+   three refusals or more over at least a second with the number in flight flat set
+   the cap to that number: under a rate limit it would have grown, nothing being
+   answered yet. Once answers come and the limiter has paced for two median
+   latencies (so that the accepted attempts were sent at that pace), two 429s in a
+   row for attempts sent with more in flight than any accepted lately set the cap to
+   the most accepted, and those 429s do not cut the rate. While callers wait at the
+   cap it is probed upward by 5% (at least one place) every
    ``max(1 s, median latency)`` without such a 429 (additive increase,
-   multiplicative decrease: AIMD on concurrency); each probe refused doubles that
-   interval, up to 16 times, and a probe that holds brings it back, so a real cap
-   costs a refusal now and then, not one every round trip.
+   multiplicative decrease: AIMD on concurrency); a refusal in a place the probe
+   opened lowers it back, doubling that interval, up to 16 times, and a probe that
+   holds brings it back, so a real cap costs a refusal now and then, not one every
+   round trip. Refusals one at a time among acceptances (random 429s) leave a known
+   cap alone: a client saturated at its cap sends every attempt in its top place.
 
 The target never exceeds ``max_limit`` (:data:`~monica_async._config.MAX_AUTO_CONCURRENCY`
 by default) and never falls below one.
@@ -163,10 +170,10 @@ class AutoConcurrency:
         return f"AutoConcurrency(limit={self.limit}, cap={self.cap}, reason={self.reason!r})"
 
     def wanted(self) -> int:
-        """Workers a batch should run: the target and a few spare ones.
+        """Workers a batch should run: twice the target.
 
-        The spare ones wait for a place; their wait is what shows that more would
-        be used.
+        The spare ones wait for a place (their wait is what shows that more would be
+        used) and stand in for the workers sleeping before a retry, which hold none.
         """
         return 2 * self.limit
 
